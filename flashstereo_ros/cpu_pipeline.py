@@ -1,0 +1,99 @@
+"""The CPU pipeline: both stages in ONNX Runtime, the volume with the numpy reference.
+
+Same API as FlashStereoPipeline, for machines without a GPU (and the CI path). Host buffers are
+allocated once and bound to ONNX Runtime, so a frame allocates only numpy temporaries.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import contract, gwc, images, resources
+from .engines import load_engine_pair
+from .runners import HOST
+
+
+class CpuStereoPipeline:
+    """left, right (uint8 images) -> disparity (float32, camera resolution, pixels), all on the CPU."""
+
+    def __init__(self, feat_engine_path: str | Path | None = None, post_engine_path: str | Path | None = None,
+                 input_h: int | None = None, input_w: int | None = None, backend: str | None = None,
+                 resize: bool = True, threads: int | None = None, config: contract.ModelConfig | None = None):
+        default_feat, default_post = resources.bundled_models(".onnx")
+        self.engines = load_engine_pair(feat_engine_path or default_feat, post_engine_path or default_post,
+                                        backend, HOST, input_size=(input_h, input_w), config=config,
+                                        threads=threads)
+        self.geometry = geo = self.engines.geometry
+        self.resize = resize
+        self.buffers: dict[str, np.ndarray] = {}
+        for name, spec in list(geo.image_inputs.items()) + list(geo.feature_outputs.items()):
+            self.buffers[name] = np.zeros(spec.shape, spec.dtype)
+        # a post input whose dtype differs from the feature output gets its own buffer and a cast
+        self.post_buffers = {name: (self.buffers[name] if spec.dtype == self.buffers[name].dtype
+                                    else np.zeros(spec.shape, spec.dtype))
+                             for name, spec in geo.post_inputs.items() if name != contract.GWC_VOLUME}
+        self.post_buffers[contract.GWC_VOLUME] = np.zeros(geo.post_inputs[contract.GWC_VOLUME].shape,
+                                                          geo.volume_dtype)
+        self.disparity = np.zeros(geo.disparity.shape, geo.disparity.dtype)
+        self._bind()
+        self.timings: dict[str, float] = {}
+        self.normalized: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _bind(self) -> None:
+        feature, post, geo = self.engines.feature, self.engines.post, self.geometry
+        for name, spec in list(geo.image_inputs.items()) + list(geo.feature_outputs.items()):
+            feature.bind(spec.name, self.buffers[name].ctypes.data)
+        for name, spec in geo.post_inputs.items():
+            post.bind(spec.name, self.post_buffers[name].ctypes.data)
+        post.bind(geo.disparity.name, self.disparity.ctypes.data)
+        for runner, specs in ((feature, geo.feature_outputs), (post, {contract.DISPARITY: geo.disparity})):
+            bound = {spec.name for spec in specs.values()}
+            for name, spec in runner.outputs.items():
+                if name not in bound:  # outputs outside the contract still need somewhere to go
+                    scratch = self.buffers.setdefault(f"scratch:{name}", np.zeros(spec.shape, spec.dtype))
+                    runner.bind(name, scratch.ctypes.data)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.geometry.height, self.geometry.width
+
+    def infer(self, left: np.ndarray, right: np.ndarray, encoding: str | None = None,
+              right_encoding: str | None = None) -> np.ndarray:
+        """Disparity of a rectified pair, in pixels of the input images, at their resolution."""
+        left, right, enc_left, enc_right = images.check_pair(left, right, encoding, right_encoding)
+        camera = left.shape[:2]
+        images.check_size(camera, self.input_size, self.resize)
+        geo, stamps = self.geometry, [time.perf_counter()]
+        images.to_planar_rgb(left, enc_left, self.input_size, out=self.buffers[contract.LEFT])
+        images.to_planar_rgb(right, enc_right, self.input_size, out=self.buffers[contract.RIGHT])
+        stamps.append(time.perf_counter())
+        self.engines.feature.enqueue(0)
+        stamps.append(time.perf_counter())
+        left_n = gwc.normalize_groups(self.buffers[contract.FEATURES_LEFT_04], geo.groups)
+        right_n = gwc.normalize_groups(self.buffers[contract.FEATURES_RIGHT_04], geo.groups)
+        self.normalized = (left_n, right_n)
+        stamps.append(time.perf_counter())
+        volume = self.post_buffers[contract.GWC_VOLUME]
+        volume[...] = gwc.gwc_volume(left_n, right_n, geo.groups, geo.disparities, volume.dtype)
+        for name, buffer in self.post_buffers.items():
+            if name != contract.GWC_VOLUME and buffer is not self.buffers[name]:
+                buffer[...] = self.buffers[name]
+        stamps.append(time.perf_counter())
+        self.engines.post.enqueue(0)
+        stamps.append(time.perf_counter())
+        disparity = images.disparity_to_camera(self.disparity.reshape(self.input_size).astype(np.float32), camera)
+        stamps.append(time.perf_counter())
+        stages = ("preprocess", "feature", "norm", "gwc", "post", "postprocess")
+        self.timings = {stage: (b - a) * 1e3 for stage, a, b in zip(stages, stamps, stamps[1:])}
+        self.timings["total"] = (stamps[-1] - stamps[0]) * 1e3
+        return disparity
+
+    def memory_bytes(self) -> dict[str, int]:
+        host = sum(b.nbytes for b in self.buffers.values()) + self.disparity.nbytes
+        host += sum(b.nbytes for n, b in self.post_buffers.items() if b is not self.buffers.get(n))
+        return {"host": host, "device": 0}
+
+    def close(self) -> None:
+        self.engines.close()
