@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from . import contract, gwc, images, resources
+from .depth import DepthLimits, StereoCamera, StereoOutput, outputs_from_disparity
 from .engines import load_engine_pair
 from .runners import HOST
 
@@ -62,9 +63,16 @@ class CpuStereoPipeline:
     def infer(self, left: np.ndarray, right: np.ndarray, encoding: str | None = None,
               right_encoding: str | None = None) -> np.ndarray:
         """Disparity of a rectified pair, in pixels of the input images, at their resolution."""
+        return self.process(left, right, encoding, right_encoding).disparity
+
+    def process(self, left: np.ndarray, right: np.ndarray, encoding: str | None = None,
+                right_encoding: str | None = None, camera: StereoCamera | None = None,
+                limits: DepthLimits = DepthLimits(), want_depth: bool = False, want_points: bool = False,
+                points_stride: int = 1) -> StereoOutput:
+        """One frame: disparity (published convention when camera is given), and depth/points on request."""
         left, right, enc_left, enc_right = images.check_pair(left, right, encoding, right_encoding)
-        camera = left.shape[:2]
-        images.check_size(camera, self.input_size, self.resize)
+        size = left.shape[:2]
+        images.check_size(size, self.input_size, self.resize)
         geo, stamps = self.geometry, [time.perf_counter()]
         images.to_planar_rgb(left, enc_left, self.input_size, out=self.buffers[contract.LEFT])
         images.to_planar_rgb(right, enc_right, self.input_size, out=self.buffers[contract.RIGHT])
@@ -83,12 +91,14 @@ class CpuStereoPipeline:
         stamps.append(time.perf_counter())
         self.engines.post.enqueue(0)
         stamps.append(time.perf_counter())
-        disparity = images.disparity_to_camera(self.disparity.reshape(self.input_size).astype(np.float32), camera)
+        raw = images.disparity_to_camera(self.disparity.reshape(self.input_size).astype(np.float32), size)
         stamps.append(time.perf_counter())
-        stages = ("preprocess", "feature", "norm", "gwc", "post", "postprocess")
+        output = outputs_from_disparity(raw, left, enc_left, camera, limits, want_depth, want_points, points_stride)
+        stamps.append(time.perf_counter())
+        stages = ("preprocess", "feature", "norm", "gwc", "post", "postprocess", "depth_points")
         self.timings = {stage: (b - a) * 1e3 for stage, a, b in zip(stages, stamps, stamps[1:])}
         self.timings["total"] = (stamps[-1] - stamps[0]) * 1e3
-        return disparity
+        return output
 
     def memory_bytes(self) -> dict[str, int]:
         host = sum(b.nbytes for b in self.buffers.values()) + self.disparity.nbytes

@@ -1,0 +1,142 @@
+"""Disparity -> metric depth (REP 118) and an organised, coloured point cloud: the numpy reference.
+
+kernels/depth_points.cu performs exactly these float32 operations in this order, so the GPU output
+equals this bit for bit (tests compare with np.array_equal).
+
+Conventions (as stereo_msgs/DisparityImage and stereo_image_proc):
+- the published disparity is d' = d - (cx_left - cx_right), so that Z = f * T / d';
+- depth: NaN where d' is not finite or below min_disparity; +inf where d' <= 0 (at or beyond infinity)
+  or Z > max_depth; -inf where Z < min_depth;
+- points: x = (u - cx) * Z / fx, y = (v - cy) * Z / fy, z = Z for finite Z, NaN otherwise; rgb is the
+  left pixel packed as 0x00RRGGBB in a float32 (PCL/RViz's "rgb" field); decimation keeps every
+  stride-th row and column starting at 0.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .errors import StereoInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class StereoCamera:
+    """Rectified pair geometry at the published (camera) resolution, from the two CameraInfo P matrices."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    baseline_m: float  # T, positive, metres
+    cx_offset: float  # cx_left - cx_right, pixels
+    width: int
+    height: int
+
+    @classmethod
+    def from_projections(cls, p_left, p_right, width: int, height: int,
+                         info_size: tuple[int, int] | None = None) -> "StereoCamera":
+        """From the 3x4 (or 12-element) P matrices; info_size=(w, h) of the CameraInfo when it differs."""
+        pl = np.asarray(p_left, np.float64).reshape(3, 4)
+        pr = np.asarray(p_right, np.float64).reshape(3, 4)
+        if not (np.isfinite(pl).all() and np.isfinite(pr).all()):
+            raise StereoInputError("camera projection matrices contain NaN or inf")
+        fx, fy, cx, cy = pl[0, 0], pl[1, 1], pl[0, 2], pl[1, 2]
+        if fx <= 0 or fy <= 0 or pr[0, 0] <= 0:
+            raise StereoInputError(f"camera focal length must be positive (left fx={fx}, fy={fy}, "
+                                   f"right fx={pr[0, 0]}): is the CameraInfo filled in (P matrix)?")
+        baseline = -pr[0, 3] / pr[0, 0]
+        if baseline <= 0:
+            raise StereoInputError(f"stereo baseline must be positive, right P[0,3] = {pr[0, 3]} gives "
+                                   f"T = {baseline}: the right CameraInfo needs P[0,3] = -fx * baseline")
+        sx = sy = 1.0
+        if info_size is not None and tuple(info_size) != (width, height):
+            if info_size[0] <= 0 or info_size[1] <= 0:
+                raise StereoInputError(f"CameraInfo size {info_size} is not valid")
+            sx, sy = width / info_size[0], height / info_size[1]
+        return cls(fx * sx, fy * sy, cx * sx, cy * sy, baseline, (cx - pr[0, 2]) * sx, width, height)
+
+    @property
+    def focal_baseline(self) -> np.float32:
+        """f * T in float32, the one constant depth = f*T/d' needs (rounded once, on the host)."""
+        return np.float32(self.fx * self.baseline_m)
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthLimits:
+    min_disparity: float = 0.0
+    min_depth: float = 0.0
+    max_depth: float = float("inf")
+
+
+def depth_image(disparity: np.ndarray, camera: StereoCamera, limits: DepthLimits = DepthLimits()) -> np.ndarray:
+    """(H,W) published disparity d' -> (H,W) float32 depth in metres, REP 118 special values."""
+    d = disparity.astype(np.float32, copy=False)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = camera.focal_baseline / d
+    z = np.where(d <= 0, np.float32(np.inf), z)
+    z = np.where(z > np.float32(limits.max_depth), np.float32(np.inf), z)
+    z = np.where(z < np.float32(limits.min_depth), np.float32(-np.inf), z)
+    z = np.where(~np.isfinite(d) | (d < np.float32(limits.min_disparity)), np.float32(np.nan), z)
+    return z.astype(np.float32, copy=False)
+
+
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """(H,W,3) uint8 RGB -> (H,W) float32 whose bits are 0x00RRGGBB."""
+    rgb = rgb.astype(np.uint32)
+    return ((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]).view(np.float32)
+
+
+def point_cloud(depth: np.ndarray, rgb: np.ndarray, camera: StereoCamera, stride: int = 1) -> np.ndarray:
+    """(H,W) depth + (H,W,3) uint8 RGB -> (ceil(H/s), ceil(W/s), 4) float32 x, y, z, rgb; NaN where no point."""
+    if stride < 1:
+        raise StereoInputError(f"points stride must be >= 1, got {stride}")
+    if rgb.shape[:2] != depth.shape:
+        raise StereoInputError(f"colour image {rgb.shape[:2]} and depth {depth.shape} differ in size")
+    z = depth[::stride, ::stride].astype(np.float32)
+    v, u = np.mgrid[0:depth.shape[0]:stride, 0:depth.shape[1]:stride].astype(np.float32)
+    finite = np.isfinite(z)
+    z = np.where(finite, z, np.float32(np.nan))
+    x = (u - np.float32(camera.cx)) * z / np.float32(camera.fx)
+    y = (v - np.float32(camera.cy)) * z / np.float32(camera.fy)
+    cloud = np.empty(z.shape + (4,), np.float32)
+    cloud[..., 0], cloud[..., 1], cloud[..., 2] = x, y, z
+    cloud[..., 3] = pack_rgb(rgb[::stride, ::stride])
+    return cloud
+
+
+@dataclasses.dataclass
+class StereoOutput:
+    """What one frame produced. disparity is the published d' (raw d when no camera was given)."""
+
+    disparity: np.ndarray  # (H, W) float32, camera resolution
+    depth: np.ndarray | None = None  # (H, W) float32 metres, REP 118
+    points: np.ndarray | None = None  # (ceil(H/s), ceil(W/s), 4) float32 x, y, z, rgb
+
+
+def rgb_view(image: np.ndarray, encoding: str) -> np.ndarray:
+    """(H,W,C) uint8 in any supported encoding -> (H,W,3) uint8 RGB (for the point colours)."""
+    from .images import ENCODINGS
+
+    channels, order = ENCODINGS[encoding]
+    return np.repeat(image[..., :1], 3, axis=2) if channels == 1 else image[..., list(order)]
+
+
+def outputs_from_disparity(raw: np.ndarray, left: np.ndarray, encoding: str, camera: StereoCamera | None,
+                           limits: DepthLimits, want_depth: bool, want_points: bool,
+                           points_stride: int) -> StereoOutput:
+    """The host path of everything after the disparity: offset, depth, points."""
+    if camera is None:
+        if want_depth or want_points:
+            raise StereoInputError("depth and points need the stereo camera (CameraInfo of both sides)")
+        return StereoOutput(raw)
+    if raw.shape != (camera.height, camera.width):
+        raise StereoInputError(f"disparity {raw.shape} does not match the camera's {camera.height}x{camera.width}")
+    disparity = raw - np.float32(camera.cx_offset) if camera.cx_offset else raw
+    out = StereoOutput(disparity)
+    if want_depth or want_points:
+        depth = depth_image(disparity, camera, limits)
+        out.depth = depth if want_depth else None
+        if want_points:
+            out.points = point_cloud(depth, rgb_view(left, encoding), camera, points_stride)
+    return out
