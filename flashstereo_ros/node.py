@@ -1,0 +1,519 @@
+"""FlashStereoNode: synchronized rectified stereo in; DisparityImage, colour, depth, points, diagnostics out.
+
+Subscriptions only queue messages into the synchronizer, and the synchronizer only hands the newest set
+to a worker thread, which converts, runs the shared pipeline and publishes. So a slow frame never
+blocks the executor or builds a backlog: pairs that arrive while one is processed replace each other
+(counted as dropped). Several nodes (one per camera pair) can live in one process and executor and
+share one loaded engine pair (shared_pipelines).
+
+Run one: `flashstereo-node --ros-args ...` (or `ros2 run flashstereo_ros stereo_node`, `ros2 launch
+flashstereo_ros stereo.launch.py`); several in one process: `flashstereo-node --namespaces front rear`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import threading
+import time
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from stereo_msgs.msg import DisparityImage
+
+from . import colorize, ros_convert, ros_qos, shared_pipelines
+from .depth import DepthLimits
+from .diagnostics import (ERROR, OK, WARN, ProblemBoard, RateMeter, RollingStats, Throttle, format_ms,
+                          status_message, summarize)
+from .errors import FlashStereoError, StereoInputError
+from .node_params import FRAME_SETTINGS, PARAMETERS, SPECS, FrameSettings, check_frame_settings, check_value, descriptor
+from .sync import NANOSECONDS, NewestSlot, make_synchronizer, message_filters_available, stamp_ns, stamps_spread_s
+
+try:  # the typed per-frame timing message, when the companion interfaces package is built (docs/ROS.md)
+    from flashstereo_interfaces.msg import StageTiming
+except ImportError:
+    StageTiming = None
+
+DEFAULT_NODE_NAME = "flashstereo"
+# synchronizer input order, as stereo_image_proc: left image, left info, right image, right info
+INPUT_TOPICS = ("left/image_rect", "left/camera_info", "right/image_rect", "right/camera_info")
+INPUT_TYPES = (Image, CameraInfo, Image, CameraInfo)
+LEFT_IMAGE, LEFT_INFO, RIGHT_IMAGE, RIGHT_INFO = range(4)
+IMAGE_INPUTS = (LEFT_IMAGE, RIGHT_IMAGE)
+OUTPUT_TOPICS = {"disparity": "disparity", "color": "disparity/color", "depth": "depth",
+                 "depth_info": "depth/camera_info", "points": "points2", "timing": "~/timing"}
+DIAGNOSTICS_TOPIC = "/diagnostics"
+DIAGNOSTICS_PERIOD_S = 1.0
+QOS_CHECK_PERIOD_S = 1.0
+NO_INPUT_WARN_S = 3.0  # publishers exist but nothing arrived for this long: say so
+LOG_THROTTLE_S = 5.0  # the same problem is logged at most this often
+PROBLEM_HOLD_S = 5.0  # a problem stays in the diagnostics this long after it was last seen
+DISPARITY_DELTA_D = 1.0 / 16.0  # sub-pixel step, as stereo_image_proc; the network's output is float32
+CLOCK_MISMATCH_S = 3600.0  # stamps this far from the node clock come from another clock: no latency
+WORKER_POLL_S = 0.2
+
+
+def timing_message_type() -> type:
+    """flashstereo_interfaces/StageTiming when built, else diagnostic_msgs/DiagnosticStatus (docs/ROS.md)."""
+    return StageTiming if StageTiming is not None else DiagnosticStatus
+
+
+@dataclasses.dataclass
+class InputState:
+    """What one input topic has seen (for diagnostics)."""
+
+    arrivals: RateMeter = dataclasses.field(default_factory=RateMeter)
+    last_stamp: int | None = None
+    reliability: Any = None  # what this node subscribes with
+    offered: list = dataclasses.field(default_factory=list)  # what the publishers offer
+    publishers: int = 0
+    subscribed_at: float = 0.0
+
+
+def _as_parameters(overrides: Mapping[str, Any] | Iterable[Parameter] | None) -> list[Parameter]:
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        return [Parameter(name, value=value) for name, value in overrides.items()]
+    return list(overrides)
+
+
+class FlashStereoNode(Node):
+    """One rectified camera pair -> disparity (+ colour, depth, points, timing, diagnostics)."""
+
+    def __init__(self, node_name: str = DEFAULT_NODE_NAME, *, namespace: str | None = None,
+                 parameter_overrides: Mapping[str, Any] | Iterable[Parameter] | None = None, **node_options):
+        super().__init__(node_name, namespace=namespace, parameter_overrides=_as_parameters(parameter_overrides),
+                         **node_options)
+        self._declare_parameters()
+        self._frame_settings = self._read_frame_settings()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._problems = ProblemBoard(PROBLEM_HOLD_S)
+        self._log_throttle = Throttle(LOG_THROTTLE_S)
+        self._shared = shared_pipelines.acquire(self._param("feat_engine"), self._param("post_engine"),
+                                                self._param("device"), self._param("backend"))
+        try:
+            self._setup()
+        except BaseException:
+            shared_pipelines.release(self._shared)
+            raise
+
+    # ---- set-up ------------------------------------------------------------------------------------
+    def _declare_parameters(self) -> None:
+        for spec in PARAMETERS:
+            override = self._parameter_overrides.get(spec.name)
+            if isinstance(spec.default, float) and override is not None and type(override.value) is int:
+                # YAML/CLI "max_depth: 10" means 10.0; rclpy would refuse the int for a double parameter
+                self._parameter_overrides[spec.name] = Parameter(spec.name, value=float(override.value))
+            self.declare_parameter(spec.name, spec.default, descriptor(spec))
+            reason = check_value(spec.name, self._param(spec.name))
+            if reason is not None:
+                raise ValueError(f"parameter {reason}")
+
+    def _param(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    def _read_frame_settings(self) -> FrameSettings:
+        settings = FrameSettings(**{name: self._param(name) for name in FRAME_SETTINGS})
+        reason = check_frame_settings(settings)
+        if reason is not None:
+            raise ValueError(f"parameter {reason}")
+        return settings
+
+    def _setup(self) -> None:
+        pipe = self._shared.pipeline
+        self._pipeline_name = f"{type(pipe).__name__} ({self._shared.key[2]})"
+        out_qos = ros_qos.output_qos(self._param("output_qos_reliability"), self._param("output_qos_depth"))
+        self._pub_disparity = self.create_publisher(DisparityImage, OUTPUT_TOPICS["disparity"], out_qos)
+        self._pub_color = self.create_publisher(Image, OUTPUT_TOPICS["color"], out_qos)
+        self._pub_depth = self.create_publisher(Image, OUTPUT_TOPICS["depth"], out_qos)
+        self._pub_depth_info = self.create_publisher(CameraInfo, OUTPUT_TOPICS["depth_info"], out_qos)
+        self._pub_points = self.create_publisher(PointCloud2, OUTPUT_TOPICS["points"], out_qos)
+        self._pub_timing = self.create_publisher(timing_message_type(), OUTPUT_TOPICS["timing"], out_qos)
+        self._pub_diagnostics = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, QoSProfile(depth=10))
+
+        self._approximate = bool(self._param("approximate_sync")) and self._param("sync_slop_s") > 0
+        self._sync = make_synchronizer(len(INPUT_TOPICS), self._param("queue_size"), self._on_synchronized,
+                                       self._approximate, self._param("sync_slop_s"))
+        self._sync_backend = "message_filters" if message_filters_available() else "built-in"
+        self._slot = NewestSlot()
+        self._synchronized = RateMeter()
+        self._published = RateMeter()
+        self._stage_stats: dict[str, RollingStats] = {}
+        self._latency = RollingStats()
+        self._frames = 0
+        self._input_errors = 0
+        self._started_at = time.monotonic()
+        self._last_size: tuple | None = None
+        self._warming_up = bool(self._param("warmup"))
+
+        self._inputs = [InputState() for _ in INPUT_TOPICS]
+        self._subscriptions_by_input: list[Any] = [None] * len(INPUT_TOPICS)
+        for index in range(len(INPUT_TOPICS)):
+            self._subscribe(index, ros_qos.choose_reliability(self._param("qos_reliability"), []))
+        self._check_qos()
+        self._qos_timer = self.create_timer(QOS_CHECK_PERIOD_S, self._check_qos)
+        self._diagnostics_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
+
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name=f"flashstereo:{self.get_fully_qualified_name()}",
+                                        daemon=True)
+        self._worker.start()
+        engine_h, engine_w = pipe.input_size
+        self.get_logger().info(
+            f"{self._pipeline_name}, engine {engine_w}x{engine_h}, max_disp {pipe.geometry.max_disp} "
+            f"(shared by {self._shared.users} node(s)); sync {self._sync_description()}; "
+            f"inputs {', '.join(self._resolved(i) for i in range(len(INPUT_TOPICS)))}; "
+            f"timing on {self._pub_timing.topic_name} as {timing_message_type().__name__}")
+
+    def _sync_description(self) -> str:
+        mode = f"approximate, slop {self._param('sync_slop_s'):.3f} s" if self._approximate else "exact stamps"
+        return f"{mode}, queue {self._param('queue_size')} ({self._sync_backend})"
+
+    def _resolved(self, index: int) -> str:
+        sub = self._subscriptions_by_input[index]
+        return sub.topic_name if sub is not None else self.resolve_topic_name(INPUT_TOPICS[index])
+
+    # ---- inputs and QoS --------------------------------------------------------------------------
+    def _subscribe(self, index: int, reliability) -> None:
+        old = self._subscriptions_by_input[index]
+        if old is not None:
+            self.destroy_subscription(old)
+        qos = ros_qos.input_qos(reliability, self._param("queue_size"))
+        self._subscriptions_by_input[index] = self.create_subscription(
+            INPUT_TYPES[index], INPUT_TOPICS[index], lambda msg, i=index: self._on_input(i, msg), qos)
+        state = self._inputs[index]
+        state.reliability, state.subscribed_at = reliability, time.monotonic()
+
+    def _check_qos(self) -> None:
+        """Follow the publishers' offered reliability (auto) as they come and go."""
+        setting = self._param("qos_reliability")
+        for index, state in enumerate(self._inputs):
+            infos = self.get_publishers_info_by_topic(self._resolved(index))
+            state.offered = [info.qos_profile.reliability for info in infos]
+            state.publishers = len(infos)
+            wanted = ros_qos.choose_reliability(setting, state.offered)
+            if wanted != state.reliability:
+                self.get_logger().info(
+                    f"{self._resolved(index)}: publishers offer "
+                    f"{'/'.join(sorted({ros_qos.policy_name(p) for p in state.offered}))}; subscribing "
+                    f"{ros_qos.policy_name(wanted)} (was {ros_qos.policy_name(state.reliability)})")
+                self._subscribe(index, wanted)
+
+    def _on_input(self, index: int, msg) -> None:
+        state = self._inputs[index]
+        state.arrivals.tick(time.monotonic())
+        try:
+            state.last_stamp = stamp_ns(msg)
+            self._sync.add(index, msg)
+        except Exception as exc:  # a malformed message must not take the executor down
+            self._problem("synchronizer", ERROR, f"{INPUT_TOPICS[index]}: {type(exc).__name__}: {exc}")
+
+    def _on_synchronized(self, left, left_info, right, right_info) -> None:
+        self._synchronized.tick(time.monotonic())
+        self._slot.put((left, left_info, right, right_info))
+
+    # ---- parameters --------------------------------------------------------------------------------
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        updates = {}
+        for parameter in parameters:
+            reason = check_value(parameter.name, parameter.value)
+            if reason is not None:
+                return SetParametersResult(successful=False, reason=reason)
+            if parameter.name in FRAME_SETTINGS:
+                updates[parameter.name] = parameter.value
+        if updates:
+            settings = dataclasses.replace(self._frame_settings, **updates)
+            reason = check_frame_settings(settings)
+            if reason is not None:
+                return SetParametersResult(successful=False, reason=reason)
+            self._frame_settings = settings
+        return SetParametersResult(successful=True)
+
+    # ---- problems ----------------------------------------------------------------------------------
+    def _problem(self, key: str, level: int, message: str) -> None:
+        """Into the diagnostics (held PROBLEM_HOLD_S) and the log (each distinct message throttled)."""
+        now = time.monotonic()
+        self._problems.report(key, level, message, now)
+        if self._log_throttle.ready(f"{key}|{message}", now):
+            log = self.get_logger().error if level >= ERROR else self.get_logger().warning
+            log(f"{key}: {message}")
+
+    # ---- the worker --------------------------------------------------------------------------------
+    def _work(self) -> None:
+        if self._warming_up:
+            self._warm_up()
+        while not self._stop.is_set():
+            item = self._slot.take(WORKER_POLL_S)
+            if item is None:
+                continue
+            try:
+                self._process(*item)
+            except Exception as exc:  # never let one frame end the worker
+                self._problem("processing", ERROR, f"{type(exc).__name__}: {exc}")
+
+    def _warm_up(self) -> None:
+        shared = self._shared
+        try:
+            with shared.lock:
+                if not shared.warmed:
+                    h, w = shared.pipeline.input_size
+                    blank = np.zeros((h, w, 3), np.uint8)
+                    shared.pipeline.process(blank, blank, "rgb8", "rgb8")
+                    shared.warmed = True
+        except Exception as exc:
+            self._problem("warm-up", ERROR, f"{type(exc).__name__}: {exc}")
+        finally:
+            self._warming_up = False
+
+    def _process(self, left_msg, left_info, right_msg, right_info) -> None:
+        started = time.perf_counter()
+        try:
+            left, left_encoding = ros_convert.image_to_array(left_msg, "left image")
+            right, right_encoding = ros_convert.image_to_array(right_msg, "right image")
+            if left.shape[:2] != right.shape[:2]:
+                raise StereoInputError(f"left image is {left.shape[1]}x{left.shape[0]} but right image is "
+                                       f"{right.shape[1]}x{right.shape[0]}: a rectified pair has one size")
+        except StereoInputError as exc:
+            self._input_errors += 1
+            self._problem("input", ERROR, f"{exc}; pair skipped")
+            return
+        height, width = left.shape[:2]
+        self._note_size(width, height, left_encoding, right_encoding)
+        settings = self._frame_settings
+        try:
+            camera = ros_convert.stereo_camera(left_info, right_info, width, height)
+        except StereoInputError as exc:
+            camera = None
+            self._problem("camera_info", WARN, f"{exc}; publishing disparity only, no depth or points")
+        want_depth = (camera is not None and settings.publish_depth
+                      and self._pub_depth.get_subscription_count() > 0)
+        want_points = (camera is not None and settings.publish_points
+                       and self._pub_points.get_subscription_count() > 0)
+        limits = DepthLimits(0.0, settings.min_depth, settings.max_depth_limit)
+        stages = {"convert_in": (time.perf_counter() - started) * 1e3}
+
+        waited = time.perf_counter()
+        with self._shared.lock:
+            stages["wait_pipeline"] = (time.perf_counter() - waited) * 1e3
+            pipe = self._shared.pipeline
+            try:
+                output = pipe.process(left, right, left_encoding, right_encoding, camera=camera, limits=limits,
+                                      want_depth=want_depth, want_points=want_points,
+                                      points_stride=settings.points_stride)
+            except StereoInputError as exc:
+                self._input_errors += 1
+                self._problem("input", ERROR, f"{exc}; pair skipped")
+                return
+            stages.update(pipe.timings)
+            # another node may reuse the pipeline's buffers as soon as the lock is released
+            output = dataclasses.replace(output, **{field: _owned(getattr(output, field))
+                                                    for field in ("disparity", "depth", "points")})
+            max_disp, engine_width = pipe.geometry.max_disp, pipe.input_size[1]
+        self._publish(left_msg, left_info, right_info, output, camera, settings, max_disp, engine_width,
+                      stages, started)
+
+    def _publish(self, left_msg, left_info, right_info, output, camera, settings, max_disp, engine_width,
+                 stages, started) -> None:
+        header = left_msg.header
+        height, width = output.disparity.shape
+        t = time.perf_counter()
+        focal, baseline = ros_convert.disparity_parameters(right_info, width, height)
+        value_range = ros_convert.disparity_range(max_disp, engine_width, width,
+                                                  camera.cx_offset if camera is not None else 0.0)
+        self._pub_disparity.publish(ros_convert.disparity_message(output.disparity, header, focal, baseline,
+                                                                  value_range, DISPARITY_DELTA_D))
+        stages["publish_disparity"] = (time.perf_counter() - t) * 1e3
+        if self._pub_color.get_subscription_count() > 0:
+            t = time.perf_counter()
+            color = colorize.colorize(output.disparity, settings.color_range)
+            self._pub_color.publish(ros_convert.image_message(color, ros_convert.COLOR_ENCODING, header))
+            stages["publish_color"] = (time.perf_counter() - t) * 1e3
+        if camera is not None and settings.publish_depth:
+            t = time.perf_counter()
+            if output.depth is not None:
+                self._pub_depth.publish(ros_convert.image_message(output.depth, ros_convert.FLOAT32_ENCODING, header))
+            self._pub_depth_info.publish(ros_convert.scaled_camera_info(left_info, header, width, height))
+            stages["publish_depth"] = (time.perf_counter() - t) * 1e3
+        if output.points is not None and settings.publish_points:
+            t = time.perf_counter()
+            self._pub_points.publish(ros_convert.points_message(output.points, header))
+            stages["publish_points"] = (time.perf_counter() - t) * 1e3
+        stages["node_total"] = (time.perf_counter() - started) * 1e3
+
+        now = time.monotonic()
+        self._frames += 1
+        self._published.tick(now)
+        latency_ms = self._latency_ms(left_msg)
+        for name, value in stages.items():
+            self._stage_stats.setdefault(name, RollingStats()).add(value)
+        if latency_ms is not None:
+            self._latency.add(latency_ms)
+        if not header.frame_id:
+            self._problem("frame_id", WARN, "the left image has an empty header.frame_id: outputs cannot be placed "
+                                            "in tf (RViz); set the camera driver's frame id")
+        self._publish_timing(header, stages, latency_ms)
+
+    def _latency_ms(self, left_msg) -> float | None:
+        latency_s = (self.get_clock().now().nanoseconds - stamp_ns(left_msg)) / NANOSECONDS
+        if abs(latency_s) > CLOCK_MISMATCH_S:
+            self._problem("clock", WARN, f"image stamps are {latency_s:.0f} s from this node's clock (camera clock "
+                                         "not synchronised, or use_sim_time with a bag?): latency not measured")
+            return None
+        return latency_s * 1e3
+
+    def _note_size(self, width: int, height: int, left_encoding: str, right_encoding: str) -> None:
+        size = (width, height, left_encoding, right_encoding)
+        if size != self._last_size:
+            engine_h, engine_w = self._shared.pipeline.input_size
+            resized = "" if (height, width) == (engine_h, engine_w) else f", resized to the engine's {engine_w}x{engine_h}"
+            self.get_logger().info(f"processing {width}x{height} {left_encoding}/{right_encoding} pairs{resized}")
+            self._last_size = size
+
+    def _publish_timing(self, header, stages: dict[str, float], latency_ms: float | None) -> None:
+        if StageTiming is not None:
+            msg = StageTiming()
+            msg.header = header
+            msg.frame = self._frames
+            msg.stages = list(stages)
+            msg.milliseconds = [float(v) for v in stages.values()]
+            msg.total_ms = float(stages.get("node_total", 0.0))
+            msg.latency_ms = float(latency_ms) if latency_ms is not None else float("nan")
+            msg.dropped_pairs = self._slot.dropped
+        else:
+            msg = DiagnosticStatus(level=DiagnosticStatus.OK, name=f"{self.get_fully_qualified_name()}: timing",
+                                   message=f"frame {self._frames}", hardware_id=header.frame_id)
+            values = [("stamp", f"{header.stamp.sec}.{header.stamp.nanosec:09d}"), ("frame", str(self._frames)),
+                      ("latency_ms", "nan" if latency_ms is None else f"{latency_ms:.3f}"),
+                      ("dropped_pairs", str(self._slot.dropped))]
+            values += [(f"{name}_ms", f"{value:.3f}") for name, value in stages.items()]
+            msg.values = [KeyValue(key=k, value=v) for k, v in values]
+        self._pub_timing.publish(msg)
+
+    # ---- diagnostics -------------------------------------------------------------------------------
+    def _check_inputs(self, now: float) -> None:
+        """Problems visible only over time: publishers but no data, data but no synchronized set."""
+        for index, state in enumerate(self._inputs):
+            last = state.arrivals.last()
+            quiet_s = now - max(last if last is not None else -np.inf, state.subscribed_at, self._started_at)
+            if quiet_s < NO_INPUT_WARN_S:
+                continue
+            topic = self._resolved(index)
+            if state.publishers > 0:
+                self._problem(f"no input on {topic}", WARN, ros_qos.no_input_advice(
+                    topic, state.publishers, quiet_s, state.reliability, state.offered))
+            else:
+                need = "" if index in IMAGE_INPUTS else " (every pair needs both CameraInfos, stamped like the images)"
+                self._problem(f"no input on {topic}", WARN, f"no publisher on {topic}{need}: remap "
+                              f"{INPUT_TOPICS[index]} to the camera's topic (docs/ROS.md)")
+        recent = [state.arrivals.last() is not None and now - state.arrivals.last() < NO_INPUT_WARN_S
+                  for state in self._inputs]
+        last_set = self._synchronized.last()
+        since_set = now - (last_set if last_set is not None else self._started_at)
+        if all(recent) and since_set > NO_INPUT_WARN_S:
+            stamps = [state.last_stamp for state in self._inputs]
+            spread = stamps_spread_s(stamps)
+            detail = ", ".join(f"{topic} {stamp / NANOSECONDS:.6f}" for topic, stamp in zip(INPUT_TOPICS, stamps))
+            rule = (f"within sync_slop_s = {self._param('sync_slop_s')} s" if self._approximate
+                    else "with identical stamps (approximate_sync is off)")
+            self._problem("sync", WARN, f"all inputs arrive but no set has synchronized for {since_set:.0f} s: "
+                                        f"newest stamps {detail} (spread {spread:.6f} s); images and camera infos "
+                                        f"must be stamped {rule}")
+
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        self._check_inputs(now)
+        problems = self._problems.active(now)
+        frames = self._frames
+        healthy = "warming up" if self._warming_up else (f"{self._published.rate(now):.1f} Hz" if frames
+                                                           else "waiting for synchronized stereo pairs")
+        level, message = summarize(problems, healthy)
+        values = [("pipeline", self._pipeline_name),
+                  ("engine size", "{1}x{0}".format(*self._shared.pipeline.input_size)),
+                  ("nodes sharing the pipeline", str(self._shared.users)),
+                  ("sync", self._sync_description())]
+        for index, state in enumerate(self._inputs):
+            offered = "/".join(sorted({ros_qos.policy_name(p) for p in state.offered})) or "-"
+            values.append((f"input {self._resolved(index)}",
+                           f"{state.arrivals.rate(now):.2f} Hz, subscribed {ros_qos.policy_name(state.reliability)}, "
+                           f"{state.publishers} publisher(s) offering {offered}"))
+        values += [("synchronized pairs", f"{self._synchronized.rate(now):.2f} Hz ({self._synchronized.count} total)"),
+                   ("output disparity", f"{self._published.rate(now):.2f} Hz ({frames} frames)"),
+                   ("dropped pairs", str(self._slot.dropped)),
+                   ("input errors", str(self._input_errors)),
+                   ("latency stamp to publish", format_ms(self._latency))]
+        values += [(f"stage {name}", format_ms(stats)) for name, stats in list(self._stage_stats.items())]
+        memory = self._shared.pipeline.memory_bytes()
+        values += [(f"memory {kind} MiB", f"{size / 2**20:.1f}") for kind, size in memory.items()]
+        settings = self._frame_settings
+        values += [("depth", f"{'on' if settings.publish_depth else 'off'}, "
+                             f"{self._pub_depth.get_subscription_count()} subscriber(s)"),
+                   ("points", f"{'on' if settings.publish_points else 'off'}, stride {settings.points_stride}, "
+                              f"{self._pub_points.get_subscription_count()} subscriber(s)"),
+                   ("timing message", f"{self._pub_timing.topic_name} ({timing_message_type().__name__})")]
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [status_message(f"{self.get_fully_qualified_name()}: stereo", self._pipeline_name,
+                                       level, message, values)]
+        self._pub_diagnostics.publish(array)
+
+    # ---- teardown ----------------------------------------------------------------------------------
+    def destroy_node(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None and not stop.is_set():
+            stop.set()
+            self._slot.close()
+            self._worker.join(timeout=30.0)
+            shared_pipelines.release(self._shared)
+        super().destroy_node()
+
+
+def _owned(values: np.ndarray | None) -> np.ndarray | None:
+    """values itself when it owns its memory, else a copy (a view may point into a reused buffer)."""
+    if values is None or values.base is None:
+        return values
+    return values.copy()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry (flashstereo-node, stereo_node): one node, or one per --namespaces entry, one executor."""
+    argv = list(sys.argv if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="stereo_node", description="Stereo disparity, depth and points from rectified image pairs. "
+        "ROS arguments go after --ros-args (e.g. -p feat_engine:=... -r left/image_rect:=/cam/left/image).")
+    parser.add_argument("--name", default=DEFAULT_NODE_NAME, help="node name (default: %(default)s)")
+    parser.add_argument("--namespaces", nargs="+", metavar="NS",
+                        help="run one node per camera namespace in this process, sharing one engine pair")
+    options = parser.parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
+    rclpy.init(args=argv)
+    nodes: list[FlashStereoNode] = []
+    try:
+        for namespace in options.namespaces or [None]:
+            nodes.append(FlashStereoNode(options.name, namespace=namespace))
+        executor = SingleThreadedExecutor()
+        for node in nodes:
+            executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (FlashStereoError, FileNotFoundError, ValueError, rclpy.exceptions.ParameterException,
+            rclpy.exceptions.NameValidationException) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for node in nodes:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
