@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One command on a CUDA machine (the lent H100): regenerate the 480x640 .pt2 stand-in with this machine's
+# torch, run the GPU tests (pytest -m gpu), then time stock vs GPU-resident. Logs and JSON under $OUT.
+#   bash scripts/gpu_check.sh            (OUT defaults to /tmp/flashstereo_gpu_check)
+# Carried wheels in .whl/ (e.g. opencv-python-headless) are installed to /tmp/site when a module is missing.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/flashstereo_gpu_check}
+PY=${PYTHON:-python3}
+MODELS=${FLASHSTEREO_TEST_MODELS:-/tmp/standin_480x640}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export FLASHSTEREO_KERNEL_CACHE=${FLASHSTEREO_KERNEL_CACHE:-/tmp/flashstereo_kernels}
+
+if ! $PY -c "import cv2, yaml" 2>/dev/null; then
+    if ls .whl/*.whl >/dev/null 2>&1; then
+        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+            || { echo "wheel install failed"; exit 1; }
+        export PYTHONPATH="$PYTHONPATH:/tmp/site"
+    fi
+fi
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader
+    $PY -c "import sys, numpy, torch, cv2, cuda.bindings as cb; from flashstereo_ros import kernels; \
+print('python', sys.version.split()[0], 'numpy', numpy.__version__, 'torch', torch.__version__, 'cv2', cv2.__version__, \
+'cuda-bindings', cb.__version__, 'nvrtc', kernels.nvrtc_version())"
+} 2>&1 | tee "$OUT/env.txt"
+
+step() {  # step NAME command...: run, log to $OUT/NAME.log, remember the status
+    local name=$1; shift
+    local start=$SECONDS
+    echo "=== $name: $*"
+    "$@" 2>&1 | tee "$OUT/$name.log"
+    local rc=${PIPESTATUS[0]}
+    STATUS+=("$name: rc=$rc ($((SECONDS - start)) s)")
+    return "$rc"
+}
+STATUS=()
+if [ ! -f "$MODELS/feature_runner.pt2" ]; then
+    step standin $PY -m flashstereo_ros.standin --out "$MODELS" --formats pt2 --device cuda
+fi
+export FLASHSTEREO_TEST_MODELS=$MODELS
+step pytest $PY -m pytest -m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors \
+    --junitxml="$OUT/junit.xml" test/
+step timing $PY scripts/gpu_timing.py --models "$MODELS" --frames "${FRAMES:-60}" --out "$OUT/timing.json"
+
+echo
+echo "=== summary"
+printf '%s\n' "${STATUS[@]}"
+grep -E "passed|failed|error" "$OUT/pytest.log" | tail -1
+sed -n '/^## stock vs GPU-resident/,$p' "$OUT/timing.log"

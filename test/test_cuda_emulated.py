@@ -1,0 +1,567 @@
+"""The GPU pipelines' host logic on a machine without a GPU, against an emulated CUDA driver.
+
+`EmulatedDriver` stands in for cuda.bindings.driver: "device" memory is host memory, stream work runs in
+issue order (or is recorded while a stream is captured and run at graph launch), and each kernel launch
+is decoded from its real argument array (kernels.SIGNATURES) and computed with the numpy references
+(gwc.py, depth.py, the resize tables). The kernels are still compiled with the real NVRTC. The engines run
+in ONNX Runtime on those host addresses. What this proves: buffer planning, binding, argument packing,
+launch order, traffic counting, plan/graph bookkeeping and the host API, not the CUDA kernels (the GPU
+tests, marked `gpu`, prove those on the device).
+"""
+import ctypes
+import importlib.util
+import itertools
+import time
+import types
+import warnings
+
+import numpy as np
+import pytest
+
+from flashstereo_ros import contract, cuda, depth, gwc, images, kernels, resources, synthetic
+from flashstereo_ros.depth import DepthLimits, StereoCamera
+from flashstereo_ros.errors import StereoInputError
+
+pytestmark = pytest.mark.skipif(cuda.driver is None or importlib.util.find_spec("onnxruntime") is None,
+                                reason="needs cuda-python (for its enums and NVRTC) and onnxruntime")
+
+SMALL = (64, 128)
+
+
+def _view(address: int, dtype, count: int) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    raw = (ctypes.c_uint8 * (count * dtype.itemsize)).from_address(int(address))
+    return np.frombuffer(raw, np.uint8).view(dtype)
+
+
+def _apply_table(table_addr: int, n: int, src: np.ndarray, axis: int) -> np.ndarray:
+    """The device resize table at `table_addr` applied along an axis (kernels.apply_resize_table)."""
+    return kernels.apply_resize_table(_view(table_addr, np.int32, 4 * n).copy(), src, axis)
+
+
+class EmulatedDriver:
+    """The subset of cuda.bindings.driver that flashstereo_ros uses, on host memory."""
+
+    def __init__(self, real):
+        self.CUresult = real.CUresult
+        self.CUdevice_attribute = real.CUdevice_attribute
+        self.CUstreamCaptureMode = real.CUstreamCaptureMode
+        self.ok = real.CUresult.CUDA_SUCCESS
+        self.memory: dict[int, ctypes.Array] = {}
+        self.images: dict[bytes, tuple[str, dict]] = {}
+        self.modules: dict[int, tuple[str, dict]] = {}
+        self.functions: dict[int, tuple[str, str, dict]] = {}
+        self.capturing: dict[int, list] = {}
+        self.graphs: dict[int, list] = {}
+        self.event_times: dict[int, float] = {}
+        self.log: list[tuple] = []  # ("launch", name) / ("h2d"|"d2h"|"d2d", bytes) / ("graph_launch",)
+        self._ids = itertools.count(1)
+
+    # -- context and device
+    def cuInit(self, flags):
+        return (self.ok,)
+
+    def cuDeviceGetCount(self):
+        return (self.ok, 1)
+
+    def cuDeviceGet(self, ordinal):
+        return (self.ok, ordinal)
+
+    def cuDevicePrimaryCtxRetain(self, device):
+        return (self.ok, 1000 + device)
+
+    def cuCtxSetCurrent(self, ctx):
+        return (self.ok,)
+
+    def cuCtxSynchronize(self):
+        return (self.ok,)
+
+    def cuDeviceGetAttribute(self, attr, device):
+        major = attr == self.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+        return (self.ok, 9 if major else 0)
+
+    def cuDeviceGetName(self, length, device):
+        return (self.ok, b"emulated")
+
+    def cuMemGetInfo(self):
+        return (self.ok, 1 << 34, 1 << 35)
+
+    def cuGetErrorName(self, status):
+        return (self.ok, status.name.encode())
+
+    def cuGetErrorString(self, status):
+        return (self.ok, b"emulated")
+
+    # -- memory
+    def _alloc(self, nbytes):
+        block = (ctypes.c_uint8 * nbytes)()
+        address = ctypes.addressof(block)
+        self.memory[address] = block
+        return (self.ok, address)
+
+    def cuMemAlloc(self, nbytes):
+        return self._alloc(nbytes)
+
+    def cuMemHostAlloc(self, nbytes, flags):
+        return self._alloc(nbytes)
+
+    def cuMemFree(self, address):
+        self.memory.pop(int(address), None)
+        return (self.ok,)
+
+    cuMemFreeHost = cuMemFree
+
+    def _on(self, stream, work):
+        if int(stream) in self.capturing:
+            self.capturing[int(stream)].append(work)
+        else:
+            work()
+        return (self.ok,)
+
+    def _copy(self, kind, dst, src, nbytes, stream):
+        def work():
+            self.log.append((kind, nbytes))
+            ctypes.memmove(int(dst), int(src), nbytes)
+        return self._on(stream, work)
+
+    def cuMemcpyHtoDAsync(self, dst, src, nbytes, stream):
+        return self._copy("h2d", dst, src, nbytes, stream)
+
+    def cuMemcpyDtoHAsync(self, dst, src, nbytes, stream):
+        return self._copy("d2h", dst, src, nbytes, stream)
+
+    def cuMemcpyDtoDAsync(self, dst, src, nbytes, stream):
+        return self._copy("d2d", dst, src, nbytes, stream)
+
+    def cuMemcpyHtoD(self, dst, src, nbytes):
+        ctypes.memmove(int(dst), int(src), nbytes)
+        return (self.ok,)
+
+    def cuMemcpyDtoH(self, dst, src, nbytes):
+        ctypes.memmove(int(dst), int(src), nbytes)
+        return (self.ok,)
+
+    def _fill(self, dtype, address, value, count, stream):
+        return self._on(stream, lambda: _view(address, dtype, count).fill(value))
+
+    def cuMemsetD32Async(self, address, value, count, stream):
+        return self._fill(np.uint32, address, value, count, stream)
+
+    def cuMemsetD16Async(self, address, value, count, stream):
+        return self._fill(np.uint16, address, value, count, stream)
+
+    def cuMemsetD8Async(self, address, value, count, stream):
+        return self._fill(np.uint8, address, value, count, stream)
+
+    # -- streams, events, graphs
+    def cuStreamCreate(self, flags):
+        return (self.ok, next(self._ids))
+
+    def cuStreamDestroy(self, stream):
+        return (self.ok,)
+
+    def cuStreamSynchronize(self, stream):
+        return (self.ok,)
+
+    def cuEventCreate(self, flags):
+        return (self.ok, next(self._ids))
+
+    def cuEventDestroy(self, event):
+        return (self.ok,)
+
+    def cuEventSynchronize(self, event):
+        return (self.ok,)
+
+    def cuEventRecord(self, event, stream):
+        return self._on(stream, lambda: self.event_times.__setitem__(int(event), time.perf_counter()))
+
+    def cuEventRecordWithFlags(self, event, stream, flags):
+        return self.cuEventRecord(event, stream)
+
+    def cuEventElapsedTime(self, start, end):
+        return (self.ok, (self.event_times[int(end)] - self.event_times[int(start)]) * 1e3)
+
+    def cuStreamBeginCapture(self, stream, mode):
+        self.capturing[int(stream)] = []
+        return (self.ok,)
+
+    def cuStreamEndCapture(self, stream):
+        graph = next(self._ids)
+        self.graphs[graph] = self.capturing.pop(int(stream))
+        return (self.ok, graph)
+
+    def cuGraphInstantiate(self, graph, flags):
+        return (self.ok, graph)
+
+    def cuGraphLaunch(self, graph, stream):
+        self.log.append(("graph_launch",))
+        for work in self.graphs[int(graph)]:
+            work()
+        return (self.ok,)
+
+    def cuGraphDestroy(self, graph):
+        return (self.ok,)
+
+    cuGraphExecDestroy = cuGraphDestroy
+
+    # -- modules and kernels
+    def cuModuleLoadData(self, image):
+        module = next(self._ids)
+        self.modules[module] = self.images[bytes(image)]
+        return (self.ok, module)
+
+    def cuModuleGetFunction(self, module, name):
+        function = next(self._ids)
+        source, defines = self.modules[module]
+        self.functions[function] = (source, name.decode(), defines)
+        return (self.ok, function)
+
+    def cuLaunchKernel(self, function, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
+        source, name, defines = self.functions[int(function)]
+        kinds = kernels.SIGNATURES[name]
+        pointers = (ctypes.c_void_p * len(kinds)).from_address(params)
+        ctype = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "u64": ctypes.c_uint64, "f32": ctypes.c_float}
+        args = [ctype[k].from_address(pointers[i]).value or 0 for i, k in enumerate(kinds)]
+
+        def work():
+            self.log.append(("launch", name))
+            EMULATED[name](defines, (gx, gy, gz), *args)
+        return self._on(stream, work)
+
+
+def _dtype(defines, key, half_default=0):
+    return np.float16 if int(defines.get(key, half_default)) else np.float32
+
+
+def _k_preprocess(defines, grid, src, src_h, src_w, step, channels, r, g, b, xtab, ytab, resize, dst, h, w):
+    raw = _view(src, np.uint8, src_h * step).reshape(src_h, step)[:, :src_w * channels].reshape(src_h, src_w, channels)
+    planes = np.stack([raw[..., o] for o in (r, g, b)]).astype(np.float32)
+    if resize:
+        planes = _apply_table(ytab, h, _apply_table(xtab, w, planes, 2), 1)
+    _view(dst, _dtype(defines, "OUT_HALF"), 3 * h * w)[:] = planes.reshape(-1)
+
+
+def _k_group_norm(defines, grid, in_l, in_r, out_l, out_r, groups, plane):
+    channels = groups * int(defines["GROUP_CHANNELS"])
+    for src, dst in ((in_l, out_l), (in_r, out_r)):
+        x = _view(src, _dtype(defines, "IN_HALF"), channels * plane).reshape(1, channels, 1, plane)
+        _view(dst, np.float16, channels * plane)[:] = gwc.normalize_groups(x, groups).reshape(-1)
+
+
+def _k_gwc(defines, grid, left, right, vol, h, w):
+    groups, cg, d = grid[2], int(defines["GROUP_CHANNELS"]), int(defines["DISPARITIES"])
+    count = groups * cg * h * w
+    lf = _view(left, np.float16, count).reshape(1, groups * cg, h, w)
+    rf = _view(right, np.float16, count).reshape(1, groups * cg, h, w)
+    out = _dtype(defines, "OUT_HALF", 1)
+    _view(vol, out, groups * d * h * w)[:] = gwc.gwc_volume(lf, rf, groups, d, out).reshape(-1)
+
+
+def _k_resize_disparity(defines, grid, src, sh, sw, xtab, ytab, resize, scale, subtract, offset, dst, h, w):
+    v = _view(src, _dtype(defines, "IN_HALF"), sh * sw).reshape(sh, sw).astype(np.float32)
+    if resize:
+        v = (_apply_table(ytab, h, _apply_table(xtab, w, v, 1), 0) * np.float32(scale)).astype(np.float32)
+    if subtract:
+        v = v - np.float32(offset)
+    _view(dst, np.float32, h * w)[:] = v.reshape(-1)
+
+
+def _k_cast(src_dtype, dst_dtype):
+    def run(defines, grid, src, dst, n):
+        _view(dst, dst_dtype, n)[:] = _view(src, src_dtype, n).astype(dst_dtype)
+    return run
+
+
+def _k_depth(defines, grid, disp, n, fb, min_disp, min_depth, max_depth, out):
+    camera = types.SimpleNamespace(focal_baseline=np.float32(fb))
+    limits = DepthLimits(min_disp, min_depth, max_depth)
+    _view(out, np.float32, n)[:] = depth.depth_image(_view(disp, np.float32, n), camera, limits)
+
+
+def _k_points(defines, grid, dep, h, w, image, step, channels, r, g, b, stride, cx, cy, fx, fy, cloud, oh, ow):
+    raw = _view(image, np.uint8, h * step).reshape(h, step)[:, :w * channels].reshape(h, w, channels)
+    rgb = np.stack([raw[..., o] for o in (r, g, b)], axis=2)
+    camera = types.SimpleNamespace(cx=cx, cy=cy, fx=fx, fy=fy)
+    points = depth.point_cloud(_view(dep, np.float32, h * w).reshape(h, w), rgb, camera, stride)
+    _view(cloud, np.float32, oh * ow * 4)[:] = points.reshape(-1)
+
+
+EMULATED = {"preprocess": _k_preprocess, "group_norm": _k_group_norm, "gwc_volume": _k_gwc,
+            "resize_disparity": _k_resize_disparity, "cast_f32_to_f16": _k_cast(np.float32, np.float16),
+            "cast_f16_to_f32": _k_cast(np.float16, np.float32), "depth_image": _k_depth, "point_cloud": _k_points}
+
+
+class EmulatedRunner:
+    """An ONNX Runtime runner on the emulated device: its run is stream work (so graphs capture it)."""
+
+    def __init__(self, inner, emulator, graph_capture):
+        self.inner, self.emulator, self.graph_capture = inner, emulator, graph_capture
+        self.memory = "device"
+        self.inputs, self.outputs = inner.inputs, inner.outputs
+
+    def bind(self, name, address):
+        self.inner.bind(name, address)
+
+    def enqueue(self, stream):
+        self.emulator._on(stream, lambda: (self.emulator.log.append(("launch", "runner")), self.inner.enqueue(0)))
+
+    def device_bytes(self):
+        return 1234
+
+    def close(self):
+        self.inner.close()
+
+
+@pytest.fixture
+def emulated(monkeypatch, tmp_path):
+    """Swap the CUDA driver for the emulator, with fresh context/module caches and kernel cache."""
+    from flashstereo_ros import engines, pipeline, stock
+
+    emulator = EmulatedDriver(cuda.driver)
+    monkeypatch.setattr(cuda, "driver", emulator)
+    monkeypatch.setattr(cuda, "_initialized", False)
+    monkeypatch.setattr(cuda, "_contexts", {})
+    monkeypatch.setattr(kernels, "_modules", {})
+    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path / "kernels"))
+    real_image_for = kernels.image_for
+
+    def recording_image_for(source, arch, defines=None):
+        image = real_image_for(source, arch, defines)
+        emulator.images[bytes(image)] = (source, dict(defines or {}))
+        return image
+
+    monkeypatch.setattr(kernels, "image_for", recording_image_for)
+    emulator.graph_capture = None
+
+    def load(feat, post, backend=None, memory=None, **kwargs):
+        pair = engines.load_engine_pair(feat, post, backend, "host", **kwargs)
+        pair.feature = EmulatedRunner(pair.feature, emulator, emulator.graph_capture)
+        pair.post = EmulatedRunner(pair.post, emulator, emulator.graph_capture)
+        return pair
+
+    monkeypatch.setattr(pipeline, "load_engine_pair", load)
+    monkeypatch.setattr(stock, "load_engine_pair", load)
+    return emulator
+
+
+def small_models():
+    return resources.bundled_models(".onnx", SMALL)
+
+
+def scene(size=SMALL, seed=0, kind="mixed"):
+    return synthetic.make_scene(kind, *size, seed=seed)
+
+
+def flash(**options):
+    from flashstereo_ros.pipeline import FlashStereoPipeline
+
+    return FlashStereoPipeline(*small_models(), **options)
+
+
+def stock_pipe():
+    from flashstereo_ros.stock import StockPipeline
+
+    return StockPipeline(*small_models())
+
+
+@pytest.fixture(scope="module")
+def cpu_pipe():
+    from flashstereo_ros import CpuStereoPipeline
+
+    return CpuStereoPipeline(*small_models())
+
+
+def test_resident_pipeline_equals_cpu_pipeline_bit_for_bit(emulated, cpu_pipe):
+    s = scene()
+    pipe = flash()
+    try:
+        out = pipe.infer(s.left, s.right)
+        expected = cpu_pipe.infer(s.left, s.right)
+        assert out.shape == SMALL and out.dtype == np.float32
+        assert np.array_equal(out, expected)
+        inter = pipe.intermediates()
+        assert np.array_equal(inter["normalized_left"], cpu_pipe.normalized[0])
+        assert np.array_equal(inter["normalized_right"], cpu_pipe.normalized[1])
+        assert np.array_equal(inter[contract.GWC_VOLUME], cpu_pipe.post_buffers[contract.GWC_VOLUME])
+        assert np.array_equal(inter[contract.LEFT], images.to_planar_rgb(s.left, "rgb8", SMALL))
+    finally:
+        pipe.close()
+
+
+def test_resident_frame_issues_the_designed_sequence_and_traffic(emulated):
+    s = scene()
+    pipe = flash()
+    try:
+        pipe.infer(s.left, s.right)
+        emulated.log.clear()
+        pipe.infer(s.left, s.right)
+        h, w = SMALL
+        assert pipe.traffic == {"h2d": 2 * h * w * 3, "d2h": h * w * 4, "h2d_count": 2, "d2h_count": 1}
+        assert [e for e in emulated.log if e[0] != "launch"] == [("h2d", h * w * 3)] * 2 + [("d2h", h * w * 4)]
+        launches = [e[1] for e in emulated.log if e[0] == "launch"]
+        # same size, no offset, float32 disparity: no resize kernel, the D2H reads the engine's output
+        assert launches == ["preprocess", "preprocess", "runner", "group_norm", "gwc_volume", "runner"]
+        assert set(pipe.timings) == {*("h2d", "preprocess", "feature", "norm", "gwc", "post", "postprocess",
+                                       "depth_points", "d2h"), "total"}
+        assert all(v >= 0 for v in pipe.timings.values())
+    finally:
+        pipe.close()
+
+
+def test_stock_pipeline_bounces_through_the_host_and_agrees(emulated, cpu_pipe):
+    s = scene(seed=3)
+    pipe, resident = stock_pipe(), flash()
+    try:
+        out = pipe.infer(s.left, s.right)
+        assert np.array_equal(out, cpu_pipe.infer(s.left, s.right))
+        assert np.array_equal(out, resident.infer(s.left, s.right))
+        a, b = pipe.intermediates(), resident.intermediates()
+        for key in (*contract.FEATURE_OUTPUTS, "normalized_left", "normalized_right", contract.GWC_VOLUME,
+                    "disparity_engine", contract.LEFT, contract.RIGHT):
+            assert np.array_equal(a[key], b[key]), key
+        geo = pipe.geometry
+        feats = sum(spec.nbytes for spec in geo.feature_outputs.values())
+        post = sum(spec.nbytes for spec in geo.post_inputs.values())
+        normed = 2 * geo.feature_outputs[contract.FEATURES_LEFT_04].nbytes // 2  # half of float32
+        images_in = sum(spec.nbytes for spec in geo.image_inputs.values())
+        volume = geo.post_inputs[contract.GWC_VOLUME].nbytes
+        assert pipe.traffic == {"h2d": images_in + normed + post, "d2h": feats + volume + geo.disparity.nbytes,
+                                "h2d_count": 2 + 2 + 7, "d2h_count": 6 + 1 + 1}
+        assert {"d2h_features", "norm", "h2d_post", "total"} <= set(pipe.timings)
+    finally:
+        pipe.close()
+        resident.close()
+
+
+def test_camera_size_other_than_engine_size_is_resized_both_ways(emulated, cpu_pipe):
+    s = scene((50, 100), seed=5)
+    pipe = flash()
+    try:
+        out = pipe.infer(s.left, s.right)
+        expected = cpu_pipe.infer(s.left, s.right)
+        assert out.shape == (50, 100)
+        # same arithmetic as cv2 up to its SIMD rounding: far below a pixel
+        assert np.abs(out - expected).max() < 0.05
+        assert pipe.traffic["h2d"] == 2 * 50 * 100 * 3 and pipe.traffic["d2h"] == 50 * 100 * 4
+        back = pipe.infer(*(scene(SMALL, seed=6).left, scene(SMALL, seed=6).right))
+        assert back.shape == SMALL
+    finally:
+        pipe.close()
+
+
+def camera_for(size, offset=1.5):
+    h, w = size
+    fx = 0.8 * w
+    p_left = [fx, 0, w / 2 + 0.25, 0, 0, fx, h / 2 - 0.5, 0, 0, 0, 1, 0]
+    p_right = [fx, 0, w / 2 + 0.25 - offset, -fx * 0.12, 0, fx, h / 2 - 0.5, 0, 0, 0, 1, 0]
+    return StereoCamera.from_projections(p_left, p_right, w, h)
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_depth_and_points_equal_the_numpy_reference(emulated, cpu_pipe, stride):
+    s = scene(seed=2)
+    camera = camera_for(SMALL)
+    limits = DepthLimits(min_disparity=1.0, min_depth=0.5, max_depth=20.0)
+    pipe = flash()
+    try:
+        got = pipe.process(s.left, s.right, camera=camera, limits=limits, want_depth=True, want_points=True,
+                           points_stride=stride)
+        ref = cpu_pipe.process(s.left, s.right, camera=camera, limits=limits, want_depth=True, want_points=True,
+                               points_stride=stride)
+        assert np.array_equal(got.disparity, ref.disparity)
+        assert np.array_equal(got.depth, ref.depth, equal_nan=True)
+        assert np.array_equal(got.points, ref.points, equal_nan=True)
+        h, w = SMALL
+        oh, ow = kernels.points_shape(SMALL, stride)
+        assert pipe.traffic["d2h"] == h * w * 4 * 2 + oh * ow * 16 and pipe.traffic["d2h_count"] == 3
+        only_points = pipe.process(s.left, s.right, camera=camera, limits=limits, want_points=True,
+                                   points_stride=stride)
+        assert only_points.depth is None and np.array_equal(only_points.points, ref.points, equal_nan=True)
+    finally:
+        pipe.close()
+
+
+def test_cuda_graph_replays_the_same_frame_sequence(emulated):
+    emulated.graph_capture = "cuda"
+    eager, graphed = flash(), flash(use_cuda_graph=True)
+    try:
+        assert graphed.graph_mode == "cuda"
+        pairs = [scene(seed=i) for i in range(3)]
+        for p in pairs:
+            emulated.log.clear()
+            out = graphed.infer(p.left, p.right)
+            assert np.array_equal(out, eager.infer(p.left, p.right))
+        assert ("graph_launch",) in emulated.log  # frames after the warm-up replay the graph
+        assert graphed.traffic == eager.traffic
+        emulated.log.clear()
+        resized = scene((48, 96), seed=9)
+        assert np.array_equal(graphed.infer(resized.left, resized.right), eager.infer(resized.left, resized.right))
+        assert ("graph_launch",) not in emulated.log  # a new camera size is a warm-up frame and a new capture
+        graphed.infer(resized.left, resized.right)
+        assert graphed.timings["total"] >= 0
+    finally:
+        eager.close()
+        graphed.close()
+
+
+def test_runner_that_cannot_be_captured_runs_without_a_graph(emulated):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe = flash(use_cuda_graph=True)
+    try:
+        assert pipe.graph_mode is None
+        assert any("cannot be captured" in str(w.message) for w in caught)
+        s = scene()
+        assert pipe.infer(s.left, s.right).shape == SMALL
+    finally:
+        pipe.close()
+
+
+def test_poisoned_buffers_are_all_overwritten(emulated):
+    s = scene(seed=4)
+    pipe = flash()
+    try:
+        first = pipe.infer(s.left, s.right)
+        pipe.poison()
+        assert np.isnan(pipe.intermediates()[contract.GWC_VOLUME]).all()
+        again = pipe.infer(s.left, s.right)
+        assert np.array_equal(first, again)
+        for name, value in pipe.intermediates().items():
+            assert np.isfinite(value).all(), name
+    finally:
+        pipe.close()
+
+
+def test_encodings_and_bad_requests(emulated, cpu_pipe):
+    s = scene(seed=8)
+    pipe = flash()
+    try:
+        rgb = pipe.infer(s.left, s.right)
+        assert np.array_equal(pipe.infer(s.left[..., ::-1].copy(), s.right[..., ::-1].copy(), "bgr8"), rgb)
+        alpha = np.full(SMALL + (1,), 255, np.uint8)
+        assert np.array_equal(pipe.infer(np.concatenate([s.left, alpha], 2), np.concatenate([s.right, alpha], 2)), rgb)
+        grey = s.left[..., 1].copy(), s.right[..., 1].copy()
+        assert np.array_equal(pipe.infer(*grey, encoding="mono8"), cpu_pipe.infer(*grey, encoding="mono8"))
+        with pytest.raises(StereoInputError, match="need the stereo camera"):
+            pipe.process(s.left, s.right, want_depth=True)
+        with pytest.raises(StereoInputError, match="does not match the camera"):
+            pipe.process(s.left, s.right, camera=camera_for((32, 64)))
+        with pytest.raises(StereoInputError, match="one size"):
+            pipe.infer(s.left, s.right[:, :-4])
+    finally:
+        pipe.close()
+
+
+def test_memory_accounting_and_close(emulated):
+    s = scene()
+    pipe = flash()
+    before = pipe.memory_bytes()
+    pipe.infer(s.left, s.right)
+    after = pipe.memory_bytes()
+    h, w = SMALL
+    assert before["device"] > 1234 and after["host"] - before["host"] == 2 * h * w * 3 + h * w * 4
+    pipe.close()
+    pipe.close()
+    with pytest.raises(StereoInputError, match="closed"):
+        pipe.infer(s.left, s.right)
+    assert not emulated.memory, "every buffer is freed on close"
