@@ -31,7 +31,7 @@ from stereo_msgs.msg import DisparityImage
 
 from . import colorize, ros_convert, ros_qos, shared_pipelines
 from .depth import DepthLimits
-from .diagnostics import (ERROR, OK, WARN, ProblemBoard, RateMeter, RollingStats, Throttle, format_ms,
+from .diagnostics import (ERROR, LEVEL_NAMES, WARN, ProblemBoard, RateMeter, RollingStats, Throttle, format_ms,
                           status_message, summarize)
 from .errors import FlashStereoError, StereoInputError
 from .node_params import FRAME_SETTINGS, PARAMETERS, SPECS, FrameSettings, check_frame_settings, check_value, descriptor
@@ -160,8 +160,9 @@ class FlashStereoNode(Node):
         for index in range(len(INPUT_TOPICS)):
             self._subscribe(index, ros_qos.choose_reliability(self._param("qos_reliability"), []))
         self._check_qos()
-        self._qos_timer = self.create_timer(QOS_CHECK_PERIOD_S, self._check_qos)
-        self._diagnostics_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
+        self._qos_timer = self.create_timer(QOS_CHECK_PERIOD_S, lambda: self._guarded(self._check_qos))
+        self._diagnostics_timer = self.create_timer(DIAGNOSTICS_PERIOD_S,
+                                                    lambda: self._guarded(self._publish_diagnostics))
 
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name=f"flashstereo:{self.get_fully_qualified_name()}",
@@ -219,7 +220,8 @@ class FlashStereoNode(Node):
 
     def _on_synchronized(self, left, left_info, right, right_info) -> None:
         self._synchronized.tick(time.monotonic())
-        self._slot.put((left, left_info, right, right_info))
+        # replaces (drops) an older pair the worker has not taken yet
+        self._slot.put((left, left_info, right, right_info), stamp_ns(left))
 
     # ---- parameters --------------------------------------------------------------------------------
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
@@ -244,8 +246,22 @@ class FlashStereoNode(Node):
         now = time.monotonic()
         self._problems.report(key, level, message, now)
         if self._log_throttle.ready(f"{key}|{message}", now):
-            log = self.get_logger().error if level >= ERROR else self.get_logger().warning
-            log(f"{key}: {message}")
+            # two call sites: rclpy refuses one call site logging at two severities
+            if level >= ERROR:
+                self.get_logger().error(f"{key}: {message}")
+            else:
+                self.get_logger().warning(f"{key}: {message}")
+
+    def _guarded(self, callback, *args) -> None:
+        """Run a timer/worker step; an unexpected exception is reported, never propagated into the executor."""
+        try:
+            callback(*args)
+        except Exception as exc:
+            try:
+                self._problem(getattr(callback, "__name__", "callback").strip("_"), ERROR,
+                              f"{type(exc).__name__}: {exc}")
+            except Exception:  # reporting itself failed: the last resort must not raise
+                pass
 
     # ---- the worker --------------------------------------------------------------------------------
     def _work(self) -> None:
@@ -253,12 +269,8 @@ class FlashStereoNode(Node):
             self._warm_up()
         while not self._stop.is_set():
             item = self._slot.take(WORKER_POLL_S)
-            if item is None:
-                continue
-            try:
-                self._process(*item)
-            except Exception as exc:  # never let one frame end the worker
-                self._problem("processing", ERROR, f"{type(exc).__name__}: {exc}")
+            if item is not None:
+                self._guarded(self._process, *item)  # never let one frame end the worker
 
     def _warm_up(self) -> None:
         shared = self._shared
@@ -436,7 +448,9 @@ class FlashStereoNode(Node):
         healthy = "warming up" if self._warming_up else (f"{self._published.rate(now):.1f} Hz" if frames
                                                            else "waiting for synchronized stereo pairs")
         level, message = summarize(problems, healthy)
-        values = [("pipeline", self._pipeline_name),
+        values = [(f"problem: {key}", f"{LEVEL_NAMES[p.level]} (x{p.count}): {p.message}")
+                  for key, p in sorted(problems.items())]
+        values += [("pipeline", self._pipeline_name),
                   ("engine size", "{1}x{0}".format(*self._shared.pipeline.input_size)),
                   ("nodes sharing the pipeline", str(self._shared.users)),
                   ("sync", self._sync_description())]

@@ -26,7 +26,7 @@ def unsupported_encoding_reason(encoding: str) -> str:
     """Why an encoding is refused, and what to publish instead."""
     accepted = ", ".join(ACCEPTED_ENCODINGS)
     if not encoding:
-        return f"the image has no encoding set; publish one of {accepted}"
+        return f"the image has no encoding set; accepted: {accepted}"
     lower = encoding.lower()
     if lower.startswith("bayer"):
         fix = ("Bayer images must be debayered and rectified first (image_proc's debayer and rectify nodes, or "

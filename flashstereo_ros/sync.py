@@ -136,26 +136,31 @@ def make_synchronizer(inputs: int, queue_size: int, callback: Callable[..., None
 
 
 class NewestSlot:
-    """Hands the newest item from producers to one consumer; an item not yet taken is replaced (and counted).
+    """Hands the newest item from producers to one consumer; the older of two untaken items is dropped (counted).
 
-    This is what keeps a slow frame from building a backlog: the worker always gets the latest pair.
+    This is what keeps a slow frame from building a backlog: the worker always gets the latest pair. "Newest"
+    is by `order` (the stamp) when given, so a late, older pair does not displace a newer one.
     """
 
     def __init__(self):
         self._item: Any = None
+        self._order: int | None = None
         self._full = False
         self._closed = False
         self._cond = threading.Condition()
         self.dropped = 0
         self.put_count = 0
 
-    def put(self, item: Any) -> bool:
-        """Store item; True when it replaced one the consumer never took."""
+    def put(self, item: Any, order: int | None = None) -> bool:
+        """Offer item; True when an item was dropped (the one waiting, or this one if it is older)."""
         with self._cond:
+            self.put_count += 1
+            if self._full and order is not None and self._order is not None and order < self._order:
+                self.dropped += 1
+                return True
             replaced = self._full
             self.dropped += int(replaced)
-            self.put_count += 1
-            self._item, self._full = item, True
+            self._item, self._order, self._full = item, order, True
             self._cond.notify()
             return replaced
 
@@ -166,7 +171,7 @@ class NewestSlot:
                 self._cond.wait(timeout)
             if not self._full:
                 return None
-            item, self._item, self._full = self._item, None, False
+            item, self._item, self._order, self._full = self._item, None, None, False
             return item
 
     def close(self) -> None:
