@@ -266,10 +266,18 @@ def calibrate(model_path: str | Path, samples: Iterable[Mapping[str, np.ndarray]
     with tempfile.TemporaryDirectory(prefix="flashstereo-calib-") as work, _quiet():
         local = Path(work) / "model.onnx"  # ORT writes a shape-inferred copy beside the model it reads
         shutil.copyfile(model_path, local)
-        calibrator = create_calibrator(local, list(op_types), augmented_model_path=str(Path(work) / "augmented.onnx"),
-                                       calibrate_method=_method(settings.method), extra_options=options)
+        try:
+            calibrator = create_calibrator(local, list(op_types), calibrate_method=_method(settings.method),
+                                           augmented_model_path=str(Path(work) / "augmented.onnx"),
+                                           extra_options=options)
+        except Exception as exc:  # ONNX Runtime raises its own types for models it cannot load
+            raise ModelError(f"ONNX Runtime cannot prepare {model_path.name} for calibration: {exc}") from exc
         for count, sample in enumerate(samples, start=1):
-            calibrator.collect_data(_OneSample(_check_sample(sample, inputs, count)))
+            checked = _check_sample(sample, inputs, count)
+            try:
+                calibrator.collect_data(_OneSample(checked))
+            except Exception as exc:
+                raise ModelError(f"ONNX Runtime failed on calibration sample {count}: {exc}") from exc
         if count == 0:
             raise ModelError("no calibration samples: the calibration set is empty")
         tensors = calibrator.compute_data()
@@ -293,7 +301,8 @@ def calibrate(model_path: str | Path, samples: Iterable[Mapping[str, np.ndarray]
 def quantize_qdq(model_path: str | Path, out_path: str | Path, cache: CalibrationCache,
                  settings: QuantSettings = QuantSettings()) -> Path:
     """Write the Q/DQ model of `model_path` from a calibration cache (TensorRT-style placement, see module doc)."""
-    from onnxruntime.quantization import QDQQuantizer, QuantType, TensorData, TensorsData
+    from onnxruntime.quantization import QDQQuantizer, QuantType
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
     model_path, out_path = Path(model_path), Path(out_path)
@@ -315,7 +324,7 @@ def quantize_qdq(model_path: str | Path, out_path: str | Path, cache: Calibratio
         shutil.copyfile(model_path, local)
         model = load_model_with_shape_infer(local)
         quantizer = QDQQuantizer(model, settings.per_channel, False, QuantType.QInt8, QuantType.QInt8, tensors,
-                                 [], [], op_types, extra)
+                                 [], [], op_types, extra)  # the onnxruntime >= 1.18 signature
         quantizer.quantize_model()
         quantized = quantizer.model.model
     topological_sort(quantized)  # the quantizer appends its Q/DQ nodes after their consumers

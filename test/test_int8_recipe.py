@@ -119,6 +119,7 @@ def test_quality_table_compares_every_precision_with_fp32(recipe, tmp_path, caps
         assert not results[name]["bit_identical"]
         assert 0.0 < results[name]["rel_l1"] < 0.03 and results[name]["cosine"] > 0.99
     assert results["FP16"]["rel_l1"] < 0.002  # float16 rounding only
+    assert all("visible" in r for r in results.values())  # synthetic pairs: ground truth known
     for name in int8_quality.CONFIGS:  # quantization must not wreck accuracy against ground truth
         assert results[name]["epe_gt"] < results["FP32"]["epe_gt"] * 1.1 + 0.05
 
@@ -266,3 +267,13 @@ def test_build_engine_reports_parser_errors_and_missing_tensorrt(tmp_path, monke
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(BackendUnavailableError, match="TensorRT is not importable"):
         quantize.build_engine(FEAT, tmp_path / "x.engine", log=lambda m: None)
+
+
+def test_calibration_samples_must_fit_the_model():
+    wrong = {"left": np.zeros((1, 3, 32, 64), np.float32), "right": np.zeros((1, 3, 32, 64), np.float32)}
+    with pytest.raises(ModelError, match=r"calibration sample 1: 'left' is float32 \(1, 3, 32, 64\)"):
+        quantize.calibrate(FEAT, [wrong], log=lambda m: None)
+    with pytest.raises(ModelError, match="no calibration samples"):
+        quantize.calibrate(FEAT, [], log=lambda m: None)
+    with pytest.raises(ModelError, match="unknown calibration method 'kl'"):
+        quantize.QuantSettings(method="kl")

@@ -58,12 +58,16 @@ def measure(models: dict[str, Path], pairs, threads: int | None = None, log=prin
     results = {}
     for name, (feat, post) in configurations(models).items():
         disparities = run_pairs(feat, post, pairs, threads)
-        pooled = metrics.AgreementAccumulator()
-        for disparity, ref in zip(disparities, reference):
+        pooled, visible = metrics.AgreementAccumulator(), metrics.AgreementAccumulator()
+        for disparity, ref, pair in zip(disparities, reference, pairs):
             pooled.add(disparity, ref)
+            if pair.valid is not None:
+                visible.add(disparity, ref, pair.valid)
         result = pooled.result()
         with_truth = [(d, p) for d, p in zip(disparities, pairs) if p.disparity is not None]
-        if with_truth:
+        if len(with_truth) == len(pairs):
+            # ground truth says which pixels are visible in both views: the agreement there, and the error
+            result["visible"] = visible.result()
             errors = np.concatenate([np.abs(d - p.disparity)[p.valid] for d, p in with_truth])
             result["epe_gt"] = float(errors.mean())
         results[name] = result
@@ -75,13 +79,14 @@ def format_table(results: dict[str, dict]) -> str:
     """A Markdown table of the results."""
     truth = all("epe_gt" in r for r in results.values())
     header = "| config | cosine | rel L1 | max abs (px) | > 1 px | bit-identical |"
-    header += " EPE vs GT (px) |" if truth else ""
+    header += " rel L1, visible | > 1 px, visible | EPE vs GT (px) |" if truth else ""
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for name, r in results.items():
         line = (f"| {name} | {r['cosine']:.6f} | {100 * r['rel_l1']:.4f} % | {r['max_abs']:.3f} | "
                 f"{r['pct_over_1px']:.4f} % | {'yes' if r['bit_identical'] else 'no'} |")
         if truth:
-            line += f" {r['epe_gt']:.4f} |"
+            line += (f" {100 * r['visible']['rel_l1']:.4f} % | {r['visible']['pct_over_1px']:.4f} % |"
+                     f" {r['epe_gt']:.4f} |")
         lines.append(line)
     return "\n".join(lines)
 
@@ -141,7 +146,9 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(results))
-    print("rel L1 = sum|d - d_fp32| / sum|d_fp32| over all pixels; > 1 px = share of pixels off by more than 1 px")
+    print("rel L1 = sum|d - d_fp32| / sum|d_fp32| over all pixels; > 1 px = share of pixels off by more than 1 px"
+          + ("; visible = pixels seen by both cameras (ground truth valid); EPE = mean |d - truth| there"
+             if all("epe_gt" in r for r in results.values()) else ""))
     if args.json_out:
         payload = {"size": list(size), "pairs": [p.name for p in pairs], "results": results}
         Path(args.json_out).write_text(json.dumps(payload, indent=1) + "\n")
