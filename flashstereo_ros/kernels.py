@@ -43,7 +43,7 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
                     "f32", "f32", "f32", "f32", "ptr", "i32", "i32"),
 }
 _CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "u64": ctypes.c_uint64, "f32": ctypes.c_float}
-GWC_TILE_X, GWC_D_SLICES = 32, 8  # must match gwc.cu
+GWC_TILE_X, GWC_XT, GWC_KT = 64, 4, 8  # columns per block, columns and disparities per thread: as gwc.cu
 STATIC_SHARED_LIMIT = 48 * 1024
 BLOCK_2D = (32, 8, 1)
 BLOCK_1D = (256, 1, 1)
@@ -217,10 +217,12 @@ class Kernel:
     def prepare(self, grid: Sequence[int], block: Sequence[int], args: Sequence[object], shared: int = 0) -> "Launch":
         if len(args) != len(self.signature):
             raise CudaError(f"kernel {self.name} takes {len(self.signature)} arguments, got {len(args)}")
-        values = []
+        values, keep = [], []
         for kind, arg in zip(self.signature, args):
             if kind == "ptr":
-                arg = arg if isinstance(arg, (int, np.integer)) else arg.ptr
+                if not isinstance(arg, (int, np.integer)):
+                    keep.append(arg)  # the launch keeps its buffers alive: no use after free
+                    arg = arg.ptr
             elif kind == "f32":
                 arg = float(np.float32(arg))  # the float32 the numpy reference uses, rounded once here
             else:
@@ -230,15 +232,20 @@ class Kernel:
         block = tuple(int(b) for b in block) + (1,) * (3 - len(block))
         if min(grid) < 1:
             raise CudaError(f"kernel {self.name}: empty grid {grid}")
-        return Launch(self, grid, block, values, shared)
+        return Launch(self, grid, block, values, shared, keep)
 
 
 class Launch:
-    """A kernel with its arguments baked in; `run(stream)` is one cuLaunchKernel."""
+    """A kernel with its arguments baked in; `run(stream)` is one cuLaunchKernel.
 
-    def __init__(self, kernel: Kernel, grid, block, values, shared: int):
+    Buffer objects passed as pointer arguments are referenced for the launch's lifetime; plain integer
+    addresses are the caller's to keep valid.
+    """
+
+    def __init__(self, kernel: Kernel, grid, block, values, shared: int, keep=()):
         self.kernel, self.grid, self.block, self.shared = kernel, grid, block, shared
         self._values = values  # keep the ctypes storage the pointer array points into
+        self._buffers = tuple(keep)
         self._params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
 
     @property
@@ -355,7 +362,8 @@ class GwcKernel:
 
     def __init__(self, group_channels: int, disparities: int, out_dtype, device_id: int = 0):
         self.group_channels, self.disparities = int(group_channels), int(disparities)
-        shared = 4 * self.group_channels * (2 * GWC_TILE_X + self.disparities - 1)
+        self.thread_rows = _blocks(self.disparities, GWC_KT)
+        shared = 4 * self.group_channels * (2 * GWC_TILE_X + self.thread_rows * GWC_KT)
         if shared > STATIC_SHARED_LIMIT:
             raise ModelError(f"the GWC kernel's tiles need {shared} bytes of shared memory for "
                              f"{group_channels} channels per group and {disparities} disparities "
@@ -365,7 +373,8 @@ class GwcKernel:
         self.kernel = load_module("gwc.cu", defines, device_id).kernel("gwc_volume")
 
     def prepare(self, left, right, volume, groups: int, height: int, width: int) -> Launch:
-        return self.kernel.prepare((_blocks(width, GWC_TILE_X), height, groups), (GWC_TILE_X, GWC_D_SLICES, 1),
+        block = (GWC_TILE_X // GWC_XT, self.thread_rows, 1)
+        return self.kernel.prepare((_blocks(width, GWC_TILE_X), height, groups), block,
                                    (left, right, volume, height, width))
 
 

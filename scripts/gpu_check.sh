@@ -40,12 +40,15 @@ if [ ! -f "$MODELS/feature_runner.pt2" ]; then
     step standin $PY -m flashstereo_ros.standin --out "$MODELS" --formats pt2 --device cuda
 fi
 export FLASHSTEREO_TEST_MODELS=$MODELS
-step pytest $PY -m pytest -m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors \
-    --junitxml="$OUT/junit.xml" test/
+# one process per test file: a sticky CUDA error (an illegal access poisons the context) stays in its file
+for file in $(grep -l "pytest.mark.gpu" test/test_*.py); do
+    name=$(basename "$file" .py)
+    step "$name" $PY -m pytest -m gpu -q -rs -p no:cacheprovider "$file"
+done
 step timing $PY scripts/gpu_timing.py --models "$MODELS" --frames "${FRAMES:-60}" --out "$OUT/timing.json"
 
 echo
 echo "=== summary"
 printf '%s\n' "${STATUS[@]}"
-grep -E "passed|failed|error" "$OUT/pytest.log" | tail -1
+for log in "$OUT"/test_*.log; do echo "$(basename "$log" .log): $(grep -E "passed|failed|error" "$log" | tail -1)"; done
 sed -n '/^## stock vs GPU-resident/,$p' "$OUT/timing.log"

@@ -44,3 +44,22 @@ def test_launch_argument_count_is_checked():
 def test_f32_arguments_are_rounded_like_numpy():
     launch = kernels.Kernel("depth_image", None).prepare((1,), (1,), (0, 1, 0.1, 0, 0, np.inf, 0))
     assert launch.args[2] == float(np.float32(0.1)) and launch.args[5] == np.inf
+
+
+def test_launch_keeps_its_buffers_alive():
+    """A buffer passed only to prepare() must outlive it: the launch runs later, on the stream."""
+    import gc
+    import weakref
+
+    class Buffer:
+        ptr = 4096
+
+    buffer = Buffer()
+    ref = weakref.ref(buffer)
+    launch = kernels.Kernel("cast_f32_to_f16", None).prepare((1,), (1,), (buffer, 8192, 16))
+    del buffer
+    gc.collect()
+    assert ref() is not None and launch.args[0] == 4096
+    del launch
+    gc.collect()
+    assert ref() is None
