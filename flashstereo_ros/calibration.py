@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -48,6 +49,7 @@ POST_MANIFEST_FILE = "post_calib.json"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_IMAGE_BYTES = 128 << 20  # a full-size Middlebury 2014 PNG is ~10-20 MB
 SYNTHETIC_KINDS = synthetic.SCENES
+SCENE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class CalibrationDataError(FlashStereoError, ValueError):
@@ -139,6 +141,8 @@ def download_middlebury(base_url: str, scenes: Iterable[str], size: tuple[int, i
     """Fetch im0/im1 of each scene, verify they decode and agree in size, resize to size=(H, W)."""
     pairs = []
     for scene in scenes:
+        if not SCENE_NAME.fullmatch(scene):
+            raise CalibrationDataError(f"'{scene}' is not a Middlebury scene name (letters, digits, '_' and '-')")
         images = []
         for image in (LEFT_FILE, RIGHT_FILE):
             url = middlebury_url(base_url, scene, image, variant)
@@ -232,6 +236,11 @@ def write_pair_set(pairs: list[StereoPair], out_dir: str | Path, source: str, fo
     out_dir = Path(out_dir)
     if not pairs:
         raise CalibrationDataError("no pairs to write")
+    names = [pair.name for pair in pairs]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise CalibrationDataError(f"several pairs are named {duplicates} (e.g. a scene's -perfect and -imperfect "
+                                   "copies in one folder); keep one of each")
     sizes = {pair.size for pair in pairs}
     if len(sizes) != 1:
         raise CalibrationDataError(f"pairs of different sizes cannot form one calibration set: {sorted(sizes)}")

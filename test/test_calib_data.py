@@ -244,3 +244,16 @@ def test_npz_with_unexpected_missing_or_wrong_arrays_is_named(post_npz, tmp_path
     (tmp_path / "none").mkdir()
     with pytest.raises(calibration.CalibrationDataError, match="holds no .npz"):
         calibration.check_post_samples(tmp_path / "none", specs)
+
+
+def test_scene_names_and_duplicates_are_checked(middlebury_server, tmp_path, capsys):
+    assert download(middlebury_server, tmp_path / "calib", "--n", "1", "--scenes", "../../etc") == 2
+    assert "is not a Middlebury scene name" in capsys.readouterr().err
+    local = tmp_path / "local"
+    pair = synthetic.make_scene("planes", *SERVER_SIZE, seed=3)
+    for variant in ("perfect", "imperfect"):
+        write_rgb(local / f"Piano-{variant}" / "im0.png", pair.left)
+        write_rgb(local / f"Piano-{variant}" / "im1.png", pair.right)
+    assert download_calib_data.main(["--out-dir", str(tmp_path / "calib"), "--height", "64", "--width", "128",
+                                     "--from-dir", str(local), "--n", "2"]) == 2
+    assert "several pairs are named ['Piano']" in capsys.readouterr().err
