@@ -319,7 +319,9 @@ class FlashStereoPipeline:
 
     def memory_bytes(self) -> dict[str, int]:
         """Device bytes (our buffers + the runners' own) and pinned host bytes held by this pipeline."""
-        device = sum(b.nbytes for b in self._device_buffers) + self.engines.device_bytes()
+        device = sum(b.nbytes for b in self._device_buffers)
+        if not self._closed:
+            device += self.engines.device_bytes()
         return {"device": int(device), "host": int(sum(b.nbytes for b in self._pinned_buffers))}
 
     def close(self) -> None:
@@ -333,7 +335,10 @@ class FlashStereoPipeline:
                 self.stream.synchronize()
             except Exception:  # closing after a device error must still release what it can
                 pass
-            self._drop_graph()
+            try:
+                self._drop_graph()
+            except Exception:
+                self._graph = None
             if hasattr(self, "engines"):
                 self.engines.close()
             for buf in self._device_buffers + self._pinned_buffers:

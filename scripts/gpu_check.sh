@@ -43,7 +43,7 @@ export FLASHSTEREO_TEST_MODELS=$MODELS
 # one process per test file: a sticky CUDA error (an illegal access poisons the context) stays in its file
 for file in $(grep -l "pytest.mark.gpu" test/test_*.py); do
     name=$(basename "$file" .py)
-    step "$name" $PY -m pytest -m gpu -q -rs -p no:cacheprovider "$file"
+    step "$name" $PY -m pytest -m gpu -q -rsP -p no:cacheprovider "$file"
 done
 step timing $PY scripts/gpu_timing.py --models "$MODELS" --frames "${FRAMES:-60}" --out "$OUT/timing.json"
 

@@ -142,7 +142,8 @@ def test_cast_kernels_match_numpy_astype(stream):
     values = values.astype(np.float32)
     out = poisoned(values.shape, np.float16, stream)
     got = run(kernels.CastKernel(np.float32, np.float16).prepare(upload(values), out, values.size), stream, out)
-    assert bits_equal(got, values.astype(np.float16))
+    with np.errstate(over="ignore"):  # values beyond float16's range become inf, as on the device
+        assert bits_equal(got, values.astype(np.float16))
 
 
 # ---------------------------------------------------------------------------------------- depth and points
