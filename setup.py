@@ -24,7 +24,7 @@ setup(
         (f"{SHARE}/msg", glob("msg/*.msg")),
         (f"{SHARE}/assets", glob("assets/*.png") + glob("assets/*.yaml")),
     ],
-    install_requires=["numpy>=1.24", "opencv-python-headless>=4.8", "onnx>=1.15", "onnxruntime>=1.17", "PyYAML>=6"],
+    install_requires=["numpy>=1.24", "opencv-python-headless>=4.8", "onnx>=1.15", "onnxruntime>=1.18", "PyYAML>=6"],
     extras_require={
         "ros": [f"ros-{ROS_DISTRO}-{name}" for name in
                 ("rclpy", "sensor-msgs", "stereo-msgs", "diagnostic-msgs", "std-msgs")] + ["ros-rclpy[fastrtps]"],
