@@ -1,0 +1,411 @@
+"""flashstereo-bench: stock vs GPU-resident latency, stage breakdown, traffic and agreement, in one run.
+
+    flashstereo-bench --feat F --post P [--left L --right R] --reps 50
+    flashstereo-bench --sweep --feat-fp16 A --feat-int8 B --post-fp16 C --post-int8 D
+    flashstereo-bench ... --kernels --memory-frames 1000 --pipelined      (GPU extras)
+
+Every configuration runs every pipeline on the same rotating inputs after a warm-up. Latency is host
+wall-clock per frame (image in, disparity out); stage times come from the pipelines (CUDA events on the
+GPU). Each row reports median and tail percentiles, throughput, the speed-up over the stock pipeline
+measured in the same run, the disparity's agreement with the first configuration's first pipeline (the
+FP16 stock output in a sweep), and the error against ground truth when the inputs are synthetic scenes.
+GPU extras: the norm and GWC kernels alone against the measured device-to-device copy bandwidth, device
+memory over many frames, and two-stream pipelining throughput. Without a GPU it benchmarks the CPU
+pipeline (ONNX Runtime), so the tool runs anywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import contract, resources, synthetic
+from ..errors import FlashStereoError
+from ..metrics import AgreementAccumulator
+from ..pipelines import DEVICES, default_models, resolve_device
+from .demo import BAD_PIXEL_THRESHOLD, read_rgb
+
+PERCENTILES = (50, 90, 99)
+PIPELINES = ("stock", "flash", "flash+graph", "cpu")
+ENGINE_STAGES = ("feature", "post")
+KERNEL_BATCH = 20  # back-to-back launches per event pair, so the host launch gap stays hidden
+COPY_BYTES = 256 * 2**20
+STAGE_ORDER = ("preprocess", "h2d", "feature", "d2h_features", "norm", "cast", "h2d_features", "gwc", "d2h_volume",
+               "h2d_post", "post", "postprocess", "depth_points", "d2h", "total")
+
+
+@dataclasses.dataclass
+class Inputs:
+    pairs: list[tuple[np.ndarray, np.ndarray]]
+    truth: list[synthetic.StereoScene | None]  # ground truth where the pair is synthetic
+
+
+@dataclasses.dataclass
+class Row:
+    config: str
+    pipeline: str
+    latency_ms: dict[str, float]
+    hz: float
+    stages_ms: dict[str, float]
+    traffic: dict[str, int]
+    memory: dict[str, int]
+    overhead_ms: float | None = None  # latency minus the engines' own time
+    speedup: float | None = None
+    agreement: dict | None = None
+    accuracy: dict | None = None
+
+
+def make_inputs(args, size: tuple[int, int]) -> Inputs:
+    """The user's pair, or synthetic scenes at the engine size (rotated per frame, with ground truth)."""
+    if args.left or args.right:
+        if not (args.left and args.right):
+            raise FlashStereoError("give both --left and --right")
+        return Inputs([(read_rgb(args.left), read_rgb(args.right))], [None])
+    scenes = [synthetic.make_scene(synthetic.SCENES[i % len(synthetic.SCENES)], size[0], size[1], seed=100 + i)
+              for i in range(args.pairs)]
+    return Inputs([(s.left, s.right) for s in scenes], scenes)
+
+
+def make_pipeline(kind: str, feat: str, post: str, backend: str | None):
+    if kind == "cpu":
+        from ..cpu_pipeline import CpuStereoPipeline
+
+        return CpuStereoPipeline(feat, post, backend=backend)
+    if kind == "stock":
+        from ..stock import StockPipeline
+
+        return StockPipeline(feat, post, backend=backend)
+    if kind not in ("flash", "flash+graph"):
+        raise FlashStereoError(f"unknown pipeline '{kind}'; choose from {PIPELINES}")
+    from ..pipeline import FlashStereoPipeline
+
+    return FlashStereoPipeline(feat, post, backend=backend, use_cuda_graph=(kind == "flash+graph"))
+
+
+def measure(pipe, inputs: Inputs, reps: int, warmup: int):
+    """Wall-clock latency per frame, per-stage medians, and one output per input pair."""
+    pairs = inputs.pairs
+    for i in range(warmup):
+        pipe.infer(*pairs[i % len(pairs)])
+    latencies, stages = [], {}
+    for i in range(reps):
+        left, right = pairs[i % len(pairs)]
+        start = time.perf_counter()
+        pipe.infer(left, right)
+        latencies.append((time.perf_counter() - start) * 1e3)
+        for stage, ms in pipe.timings.items():
+            stages.setdefault(stage, []).append(ms)
+    outputs = [pipe.infer(*pair) for pair in pairs]
+    return np.array(latencies), {k: float(np.median(v)) for k, v in stages.items()}, outputs
+
+
+def agreement(outputs, reference) -> dict:
+    pooled = AgreementAccumulator()
+    for out, ref in zip(outputs, reference):
+        pooled.add(out, ref)
+    return pooled.result()
+
+
+def accuracy(outputs, truth) -> dict | None:
+    scenes = [(out, s) for out, s in zip(outputs, truth) if s is not None]
+    if not scenes:
+        return None
+    errors = np.concatenate([np.abs(out - s.disparity)[s.valid] for out, s in scenes])
+    return {"mae_px": float(errors.mean()), "within_3px": float((errors <= BAD_PIXEL_THRESHOLD).mean())}
+
+
+def bench_config(label, feat, post, kinds, inputs, args, reference):
+    """Rows for one (feat, post) configuration; returns them and the reference outputs for later rows."""
+    rows = []
+    for kind in kinds:
+        pipe = make_pipeline(kind, feat, post, args.backend)
+        try:
+            lat, stages, outputs = measure(pipe, inputs, args.reps, args.warmup)
+            traffic, memory = dict(getattr(pipe, "traffic", {}) or {}), pipe.memory_bytes()
+        finally:
+            pipe.close()
+        reference = reference if reference is not None else outputs
+        pct = {f"p{p}": float(v) for p, v in zip(PERCENTILES, np.percentile(lat, PERCENTILES))}
+        engines = sum(stages.get(s, 0.0) for s in ENGINE_STAGES)
+        rows.append(Row(label, kind, pct, 1e3 / pct["p50"], stages, traffic, memory,
+                        overhead_ms=pct["p50"] - engines if engines else None,
+                        agreement=agreement(outputs, reference), accuracy=accuracy(outputs, inputs.truth)))
+    stock = next((r for r in rows if r.pipeline == "stock"), None)
+    for row in rows:
+        row.speedup = stock.latency_ms["p50"] / row.latency_ms["p50"] if stock else None
+    return rows, reference
+
+
+def kernel_roofline(feat: str, post: str, backend: str | None, reps: int) -> dict:
+    """The norm and GWC kernels alone (CUDA events, medians) against a large device-to-device copy."""
+    from .. import cuda, gwc, kernels
+    from ..engines import load_engine_pair
+    from ..runners import DEVICE
+
+    stream = cuda.Stream()
+    engines = load_engine_pair(feat, post, backend, DEVICE, stream=stream.ptr)
+    geo = engines.geometry
+    engines.close()
+    rng = np.random.default_rng(0)
+    spec = geo.feature_outputs[contract.FEATURES_LEFT_04]
+    feats = []
+    for _ in range(2):
+        buf = cuda.DeviceBuffer(spec.shape, spec.dtype)
+        buf.upload(rng.standard_normal(spec.shape).astype(spec.dtype))
+        feats.append(buf)
+    normed = [cuda.DeviceBuffer(spec.shape, np.float16) for _ in range(2)]
+    volume = cuda.DeviceBuffer(geo.post_inputs[contract.GWC_VOLUME].shape, geo.volume_dtype)
+    group_channels = spec.shape[1] // geo.groups
+    copy_src, copy_dst = cuda.DeviceBuffer((COPY_BYTES,), np.uint8), cuda.DeviceBuffer((COPY_BYTES,), np.uint8)
+
+    class Copy:
+        def run(self, s):
+            copy_dst.copy_from_device_async(copy_src, s)
+
+    launches = {  # name -> (launch, bytes that must move: each input read once, each output written once)
+        "device copy": (Copy(), 2 * COPY_BYTES),
+        "group_norm (L+R)": (kernels.GroupNormKernel(group_channels, spec.dtype).prepare(
+            *feats, *normed, geo.groups, spec.shape[2] * spec.shape[3]), 2 * feats[0].nbytes + 2 * normed[0].nbytes),
+        "gwc_volume": (kernels.GwcKernel(group_channels, geo.disparities, geo.volume_dtype).prepare(
+            *normed, volume, geo.groups, spec.shape[2], spec.shape[3]), 2 * normed[0].nbytes + volume.nbytes),
+    }
+    start, end = cuda.Event(), cuda.Event()
+    result = {}
+    for name, (launch, nbytes) in launches.items():
+        times = []
+        for _ in range(reps):
+            start.record(stream)
+            for _ in range(KERNEL_BATCH):
+                launch.run(stream)
+            end.record(stream)
+            end.synchronize()
+            times.append(start.elapsed_ms(end) / KERNEL_BATCH)
+        ms = float(np.median(times[reps // 10:]))
+        result[name] = {"median_us": ms * 1e3, "bytes": nbytes, "GB_per_s": nbytes / ms / 1e6}
+    copy_rate = result["device copy"]["GB_per_s"]
+    for name in ("group_norm (L+R)", "gwc_volume"):
+        result[name]["fraction_of_copy"] = result[name]["GB_per_s"] / copy_rate
+    left, right = normed[0].download(stream), normed[1].download(stream)
+    expect = gwc.gwc_volume(left, right, geo.groups, geo.disparities, geo.volume_dtype)
+    result["gwc_volume"]["equals_numpy"] = bool(np.array_equal(volume.download(stream), expect))
+    return result
+
+
+def memory_over_frames(feat, post, backend, inputs: Inputs, frames: int, graph: bool) -> dict:
+    """Device memory (driver's free bytes and the pipeline's own count) before and after many frames."""
+    from .. import cuda
+
+    pipe = make_pipeline("flash+graph" if graph else "flash", feat, post, backend)
+    try:
+        for pair in inputs.pairs:
+            pipe.infer(*pair)
+        free_before, held_before = cuda.memory_info()[0], pipe.memory_bytes()["device"]
+        for i in range(frames):
+            pipe.infer(*inputs.pairs[i % len(inputs.pairs)])
+        free_after, held_after = cuda.memory_info()[0], pipe.memory_bytes()["device"]
+    finally:
+        pipe.close()
+    return {"frames": frames, "held_bytes": held_after, "held_growth_bytes": held_after - held_before,
+            "driver_free_drop_bytes": free_before - free_after}
+
+
+def pipelined_throughput(feat, post, backend, inputs: Inputs, frames: int, graph: bool) -> dict:
+    """Two pipelines, each on its own stream and thread, take alternate frames: frame N+1's feature
+    stage overlaps frame N's post stage. Reports frames/s against 1/latency of one pipeline."""
+    kind = "flash+graph" if graph else "flash"
+    pipes = [make_pipeline(kind, feat, post, backend) for _ in range(2)]
+    try:
+        for pipe in pipes:
+            for pair in inputs.pairs:
+                pipe.infer(*pair)
+        single = []
+        for i in range(frames // 2):
+            start = time.perf_counter()
+            pipes[0].infer(*inputs.pairs[i % len(inputs.pairs)])
+            single.append(time.perf_counter() - start)
+        errors: list[BaseException] = []
+
+        def worker(index: int) -> None:
+            try:
+                for i in range(index, frames, 2):
+                    pipes[index].infer(*inputs.pairs[i % len(inputs.pairs)])
+            except BaseException as exc:  # reported below; a thread must not die silently
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - start
+        if errors:
+            raise errors[0]
+    finally:
+        for pipe in pipes:
+            pipe.close()
+    latency = float(np.median(single))
+    return {"pipeline": kind, "frames": frames, "latency_ms": latency * 1e3, "single_hz": 1.0 / latency,
+            "pipelined_hz": frames / wall, "ratio": frames / wall * latency}
+
+
+def format_table(rows: list[Row]) -> str:
+    header = ("config", "pipeline", "p50 ms", "p90 ms", "p99 ms", "Hz", "speed-up", "overhead ms", "H2D MiB",
+              "D2H MiB", "device MiB", "rel L1", "max abs", "bit-identical", "MAE px", "within 3 px")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        def mib(key):
+            return f"{r.traffic[key] / 2**20:.2f}" if key in r.traffic else "-"
+
+        cells = (r.config, r.pipeline, f"{r.latency_ms['p50']:.2f}", f"{r.latency_ms['p90']:.2f}",
+                 f"{r.latency_ms['p99']:.2f}", f"{r.hz:.1f}", f"{r.speedup:.2f}x" if r.speedup else "-",
+                 f"{r.overhead_ms:.2f}" if r.overhead_ms is not None else "-", mib("h2d"), mib("d2h"),
+                 f"{r.memory.get('device', 0) / 2**20:.0f}", f"{r.agreement['rel_l1']:.2e}",
+                 f"{r.agreement['max_abs']:.3g}", "yes" if r.agreement["bit_identical"] else "no",
+                 f"{r.accuracy['mae_px']:.3f}" if r.accuracy else "-",
+                 f"{r.accuracy['within_3px'] * 100:.1f}%" if r.accuracy else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    stage_names = sorted({s for r in rows for s in r.stages_ms}, key=_stage_order)
+    lines += ["", "| stage (median ms) | " + " | ".join(f"{r.config}: {r.pipeline}" for r in rows) + " |",
+              "|---|" + "---|" * len(rows)]
+    for name in stage_names:
+        lines.append(f"| {name} | " + " | ".join(f"{r.stages_ms[name]:.3f}" if name in r.stages_ms else "-"
+                                                 for r in rows) + " |")
+    return "\n".join(lines)
+
+
+def _stage_order(name: str):
+    return (STAGE_ORDER.index(name) if name in STAGE_ORDER else len(STAGE_ORDER), name)
+
+
+def format_extras(extras: dict) -> str:
+    lines = []
+    if "kernels" in extras:
+        lines += ["", f"| kernel alone ({KERNEL_BATCH} launches per event pair) | median us | MB moved | GB/s | "
+                      "of copy bandwidth |", "|---|---|---|---|---|"]
+        for name, k in extras["kernels"].items():
+            share = f"{k['fraction_of_copy'] * 100:.0f}%" if "fraction_of_copy" in k else "-"
+            lines.append(f"| {name} | {k['median_us']:.1f} | {k['bytes'] / 1e6:.1f} | {k['GB_per_s']:.0f} | {share} |")
+        lines.append(f"GWC kernel on random data equals numpy: {extras['kernels']['gwc_volume']['equals_numpy']}")
+    if "memory" in extras:
+        m = extras["memory"]
+        lines.append(f"\ndevice memory over {m['frames']} frames: pipeline holds {m['held_bytes'] / 2**20:.1f} MiB, "
+                     f"grew by {m['held_growth_bytes']} B; driver free memory dropped by "
+                     f"{m['driver_free_drop_bytes'] / 2**20:.2f} MiB")
+    if "pipelined" in extras:
+        p = extras["pipelined"]
+        lines.append(f"two-stream pipelining ({p['pipeline']}, {p['frames']} frames): {p['pipelined_hz']:.1f} Hz "
+                     f"vs 1/latency {p['single_hz']:.1f} Hz ({p['ratio']:.2f}x)")
+    return "\n".join(lines)
+
+
+def write_chart(rows: list[Row], path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    stages = [s for s in sorted({s for r in rows for s in r.stages_ms}, key=_stage_order) if s != "total"]
+    labels = [f"{r.config}\n{r.pipeline}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4.5))
+    bottom = np.zeros(len(rows))
+    for stage in stages:
+        values = np.array([r.stages_ms.get(stage, 0.0) for r in rows])
+        ax.bar(labels, values, bottom=bottom, label=stage)
+        bottom += values
+    ax.set_ylabel("median stage time (ms)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def configs_from_args(args) -> list[tuple[str, str | None, str | None]]:
+    if args.sweep:
+        feats = [(n, p) for n, p in (("fp16", args.feat_fp16), ("int8", args.feat_int8)) if p]
+        posts = [(n, p) for n, p in (("fp16", args.post_fp16), ("int8", args.post_int8)) if p]
+        if not args.feat_fp16 or not args.post_fp16:
+            raise FlashStereoError("--sweep needs at least --feat-fp16 and --post-fp16")
+        return [(f"feat {fn} / post {pn}", fp, pp) for fn, fp in feats for pn, pp in posts]
+    if (args.feat is None) != (args.post is None):
+        raise FlashStereoError("give both --feat and --post, or neither for the bundled stand-in model")
+    return [(Path(args.feat).parent.name if args.feat else "bundled stand-in", args.feat, args.post)]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--feat", help="feature_runner model (.engine/.plan/.pt2/.onnx)")
+    parser.add_argument("--post", help="post_runner model")
+    parser.add_argument("--left")
+    parser.add_argument("--right")
+    parser.add_argument("--pairs", type=int, default=4, help="synthetic pairs to rotate through (no --left)")
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--sweep", action="store_true", help="every feat x post precision combination")
+    parser.add_argument("--feat-fp16")
+    parser.add_argument("--feat-int8")
+    parser.add_argument("--post-fp16")
+    parser.add_argument("--post-int8")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--backend", choices=("tensorrt", "onnxruntime", "torch"))
+    parser.add_argument("--pipelines", help="comma list of " + ", ".join(PIPELINES)
+                        + " (default: stock,flash,flash+graph on a GPU, cpu otherwise)")
+    parser.add_argument("--kernels", action="store_true", help="GPU: norm and GWC kernels vs copy bandwidth")
+    parser.add_argument("--memory-frames", type=int, default=0, help="GPU: device memory over this many frames")
+    parser.add_argument("--pipelined", action="store_true", help="GPU: two-stream pipelining throughput")
+    parser.add_argument("--json", default="bench.json")
+    parser.add_argument("--chart", default="bench_stages.png")
+    args = parser.parse_args(argv)
+
+    try:
+        configs = configs_from_args(args)
+        device = resolve_device(args.device, configs[0][1], args.backend)
+        if configs[0][1] is None:
+            configs = [(configs[0][0], *map(str, default_models(device)))]
+        kinds = (args.pipelines.split(",") if args.pipelines else
+                 ["stock", "flash", "flash+graph"] if device == "cuda" else ["cpu"])
+        gpu_extras = args.kernels or args.memory_frames or args.pipelined
+        if gpu_extras and device != "cuda":
+            raise FlashStereoError("--kernels, --memory-frames and --pipelined need the GPU pipeline")
+        probe = make_pipeline(kinds[-1], configs[0][1], configs[0][2], args.backend)
+        size = probe.input_size
+        probe.close()
+        inputs = make_inputs(args, size)
+        rows, reference = [], None
+        for label, feat, post in configs:
+            config_rows, reference = bench_config(label, feat, post, kinds, inputs, args, reference)
+            rows += config_rows
+        feat, post = configs[0][1], configs[0][2]
+        graph = "flash+graph" in kinds
+        extras = {}
+        if args.kernels:
+            extras["kernels"] = kernel_roofline(feat, post, args.backend, max(args.reps, 50))
+        if args.memory_frames:
+            extras["memory"] = memory_over_frames(feat, post, args.backend, inputs, args.memory_frames, graph)
+        if args.pipelined:
+            extras["pipelined"] = pipelined_throughput(feat, post, args.backend, inputs, max(args.reps, 40), graph)
+    except (FlashStereoError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    source = "given pair" if inputs.truth[0] is None else f"{len(inputs.pairs)} synthetic pairs"
+    print(f"{source} rotated, {args.warmup} warm-up + {args.reps} timed frames per row, "
+          f"engine size {size[1]}x{size[0]}, device {device}")
+    print(format_table(rows) + format_extras(extras))
+    Path(args.json).write_text(json.dumps({"rows": [dataclasses.asdict(r) for r in rows], **extras}, indent=2))
+    charted = write_chart(rows, args.chart)
+    print(f"wrote {args.json}" + (f" and {args.chart}" if charted else " (no matplotlib: no chart)"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

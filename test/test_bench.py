@@ -1,0 +1,39 @@
+"""flashstereo-bench on the CPU path: the precision sweep, its table and JSON (the GPU run is on the device)."""
+import json
+
+import pytest
+
+from flashstereo_ros import resources
+from flashstereo_ros.tools import bench
+
+
+def test_sweep_reports_every_combination_with_agreement_and_accuracy(tmp_path, capsys):
+    feat, post = (str(p) for p in resources.bundled_models(".onnx", (64, 128)))
+    out = tmp_path / "bench.json"
+    code = bench.main(["--sweep", "--feat-fp16", feat, "--feat-int8", feat, "--post-fp16", post,
+                       "--post-int8", post, "--device", "cpu", "--reps", "3", "--warmup", "1",
+                       "--json", str(out), "--chart", str(tmp_path / "chart.png")])
+    assert code == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["config"] for r in rows] == ["feat fp16 / post fp16", "feat fp16 / post int8",
+                                           "feat int8 / post fp16", "feat int8 / post int8"]
+    for row in rows:
+        assert row["pipeline"] == "cpu"
+        assert row["latency_ms"]["p50"] <= row["latency_ms"]["p90"] <= row["latency_ms"]["p99"]
+        assert set(row["stages_ms"]) >= {"feature", "norm", "gwc", "post", "total"}
+        # the same model files in every slot: the agreement must be exact
+        assert row["agreement"]["bit_identical"] and row["agreement"]["rel_l1"] == 0.0
+        assert 0.0 < row["accuracy"]["mae_px"] < 5.0
+    table = capsys.readouterr().out
+    assert "| feat int8 / post int8 | cpu |" in table and "| stage (median ms) |" in table
+
+
+def test_gpu_extras_refused_on_cpu(capsys):
+    assert bench.main(["--device", "cpu", "--kernels"]) == 2
+    assert "need the GPU pipeline" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [(["--sweep"], "--feat-fp16"), (["--feat", "x.onnx"], "both --feat")])
+def test_incomplete_arguments(argv, message, capsys):
+    assert bench.main(argv + ["--device", "cpu"]) == 2
+    assert message in capsys.readouterr().err
