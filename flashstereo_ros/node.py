@@ -349,7 +349,8 @@ class FlashStereoNode(Node):
             color = colorize.colorize(output.disparity, settings.color_range)
             self._pub_color.publish(ros_convert.image_message(color, ros_convert.COLOR_ENCODING, header))
             stages["publish_color"] = (time.perf_counter() - t) * 1e3
-        if camera is not None and settings.publish_depth:
+        if output.depth is not None or (camera is not None and settings.publish_depth
+                                         and self._pub_depth_info.get_subscription_count() > 0):
             t = time.perf_counter()
             if output.depth is not None:
                 self._pub_depth.publish(ros_convert.image_message(output.depth, ros_convert.FLOAT32_ENCODING, header))
@@ -392,22 +393,10 @@ class FlashStereoNode(Node):
 
     def _publish_timing(self, header, stages: dict[str, float], latency_ms: float | None) -> None:
         if StageTiming is not None:
-            msg = StageTiming()
-            msg.header = header
-            msg.frame = self._frames
-            msg.stages = list(stages)
-            msg.milliseconds = [float(v) for v in stages.values()]
-            msg.total_ms = float(stages.get("node_total", 0.0))
-            msg.latency_ms = float(latency_ms) if latency_ms is not None else float("nan")
-            msg.dropped_pairs = self._slot.dropped
+            msg = typed_timing(header, self._frames, stages, latency_ms, self._slot.dropped)
         else:
-            msg = DiagnosticStatus(level=DiagnosticStatus.OK, name=f"{self.get_fully_qualified_name()}: timing",
-                                   message=f"frame {self._frames}", hardware_id=header.frame_id)
-            values = [("stamp", f"{header.stamp.sec}.{header.stamp.nanosec:09d}"), ("frame", str(self._frames)),
-                      ("latency_ms", "nan" if latency_ms is None else f"{latency_ms:.3f}"),
-                      ("dropped_pairs", str(self._slot.dropped))]
-            values += [(f"{name}_ms", f"{value:.3f}") for name, value in stages.items()]
-            msg.values = [KeyValue(key=k, value=v) for k, v in values]
+            msg = status_timing(f"{self.get_fully_qualified_name()}: timing", header, self._frames, stages,
+                                latency_ms, self._slot.dropped)
         self._pub_timing.publish(msg)
 
     # ---- diagnostics -------------------------------------------------------------------------------
@@ -488,6 +477,29 @@ class FlashStereoNode(Node):
             self._worker.join(timeout=30.0)
             shared_pipelines.release(self._shared)
         super().destroy_node()
+
+
+def typed_timing(header, frame: int, stages: dict[str, float], latency_ms: float | None, dropped: int):
+    """flashstereo_interfaces/StageTiming (msg/StageTiming.msg) of one frame."""
+    msg = StageTiming()
+    msg.header = header
+    msg.frame = frame
+    msg.stages = list(stages)
+    msg.milliseconds = [float(v) for v in stages.values()]
+    msg.total_ms = float(stages.get("node_total", 0.0))
+    msg.latency_ms = float(latency_ms) if latency_ms is not None else float("nan")
+    msg.dropped_pairs = dropped
+    return msg
+
+
+def status_timing(name: str, header, frame: int, stages: dict[str, float], latency_ms: float | None,
+                  dropped: int) -> DiagnosticStatus:
+    """The same content as diagnostic_msgs/DiagnosticStatus key/values, when StageTiming is not built."""
+    values = [("stamp", f"{header.stamp.sec}.{header.stamp.nanosec:09d}"), ("frame", str(frame)),
+              ("latency_ms", "nan" if latency_ms is None else f"{latency_ms:.3f}"), ("dropped_pairs", str(dropped))]
+    values += [(f"{stage}_ms", f"{value:.3f}") for stage, value in stages.items()]
+    return DiagnosticStatus(level=DiagnosticStatus.OK, name=name, message=f"frame {frame}",
+                            hardware_id=header.frame_id, values=[KeyValue(key=k, value=v) for k, v in values])
 
 
 def _owned(values: np.ndarray | None) -> np.ndarray | None:

@@ -188,7 +188,9 @@ class NodeProcess:
     def __init__(self, command: Sequence[str], env: dict, log_path: Path):
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(list(command), env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        # its own process group, so stop() can do what ctrl-c in a terminal does (launch relies on that)
+        self.proc = subprocess.Popen(list(command), env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -198,11 +200,11 @@ class NodeProcess:
 
     def stop(self, timeout_s: float = 15.0) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            os.killpg(self.proc.pid, signal.SIGINT)
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5.0)
         self._log.close()
         return self.proc.returncode
