@@ -29,12 +29,12 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from stereo_msgs.msg import DisparityImage
 
-from . import colorize, ros_convert, ros_qos, shared_pipelines
+from . import ros_convert, ros_qos, shared_pipelines
 from .depth import DepthLimits
 from .diagnostics import (ERROR, LEVEL_NAMES, WARN, ProblemBoard, RateMeter, RollingStats, Throttle, format_ms,
                           status_message, summarize)
 from .errors import FlashStereoError, StereoInputError
-from .node_params import FRAME_SETTINGS, PARAMETERS, SPECS, FrameSettings, check_frame_settings, check_value, descriptor
+from .node_params import FRAME_SETTINGS, PARAMETERS, FrameSettings, check_frame_settings, check_value, descriptor
 from .sync import NANOSECONDS, NewestSlot, make_synchronizer, message_filters_available, stamp_ns, stamps_spread_s
 
 try:  # the typed per-frame timing message, when the companion interfaces package is built (docs/ROS.md)
@@ -93,17 +93,20 @@ class FlashStereoNode(Node):
                  parameter_overrides: Mapping[str, Any] | Iterable[Parameter] | None = None, **node_options):
         super().__init__(node_name, namespace=namespace, parameter_overrides=_as_parameters(parameter_overrides),
                          **node_options)
-        self._declare_parameters()
-        self._frame_settings = self._read_frame_settings()
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._problems = ProblemBoard(PROBLEM_HOLD_S)
-        self._log_throttle = Throttle(LOG_THROTTLE_S)
-        self._shared = shared_pipelines.acquire(self._param("feat_engine"), self._param("post_engine"),
-                                                self._param("device"), self._param("backend"))
+        self._shared = None
         try:
+            self._declare_parameters()
+            self._frame_settings = self._read_frame_settings()
+            self.add_on_set_parameters_callback(self._on_set_parameters)
+            self._problems = ProblemBoard(PROBLEM_HOLD_S)
+            self._log_throttle = Throttle(LOG_THROTTLE_S)
+            self._shared = shared_pipelines.acquire(self._param("feat_engine"), self._param("post_engine"),
+                                                    self._param("device"), self._param("backend"))
             self._setup()
-        except BaseException:
-            shared_pipelines.release(self._shared)
+        except BaseException:  # a node that failed to start leaves nothing behind (engines, graph entities)
+            if self._shared is not None:
+                shared_pipelines.release(self._shared)
+            Node.destroy_node(self)
             raise
 
     # ---- set-up ------------------------------------------------------------------------------------
@@ -346,7 +349,7 @@ class FlashStereoNode(Node):
         stages["publish_disparity"] = (time.perf_counter() - t) * 1e3
         if self._pub_color.get_subscription_count() > 0:
             t = time.perf_counter()
-            color = colorize.colorize(output.disparity, settings.color_range)
+            color = ros_convert.color_disparity(output.disparity, settings.color_range)
             self._pub_color.publish(ros_convert.image_message(color, ros_convert.COLOR_ENCODING, header))
             stages["publish_color"] = (time.perf_counter() - t) * 1e3
         if output.depth is not None or (camera is not None and settings.publish_depth
@@ -387,7 +390,8 @@ class FlashStereoNode(Node):
         size = (width, height, left_encoding, right_encoding)
         if size != self._last_size:
             engine_h, engine_w = self._shared.pipeline.input_size
-            resized = "" if (height, width) == (engine_h, engine_w) else f", resized to the engine's {engine_w}x{engine_h}"
+            same = (height, width) == (engine_h, engine_w)
+            resized = "" if same else f", resized to the engine's {engine_w}x{engine_h}"
             self.get_logger().info(f"processing {width}x{height} {left_encoding}/{right_encoding} pairs{resized}")
             self._last_size = size
 

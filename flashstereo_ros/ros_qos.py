@@ -61,6 +61,9 @@ def no_input_advice(topic: str, publishers: int, seconds: float, subscribed: Rel
     offered_names = sorted({policy_name(p) for p in offered}) or ["unknown"]
     head = (f"{publishers} publisher(s) on {topic} (offering {'/'.join(offered_names)}) but nothing received "
             f"for {seconds:.0f} s (this node subscribes {policy_name(subscribed)})")
+    if subscribed == ReliabilityPolicy.RELIABLE and any(p != ReliabilityPolicy.RELIABLE for p in offered):
+        return (f"{head}. A reliable subscription cannot match a best-effort publisher: set qos_reliability to "
+                f"auto (default) or best_effort, or make the camera driver publish reliable.")
     if subscribed == ReliabilityPolicy.BEST_EFFORT:
         return (f"{head}. Best-effort readers lose large images on default Fast DDS: set the camera driver's "
                 f"image QoS to reliable, or set {LARGE_DATA_FIX} in the environment of every process (camera "

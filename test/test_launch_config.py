@@ -230,7 +230,8 @@ def test_the_launch_file_runs_where_launch_ros_is_installed(tmp_path, context):
     import sys
 
     launched = NodeProcess([sys.executable, "-c", LAUNCH_RUNNER, str(LAUNCH_FILE), "namespace:=launched",
-                            f"feat_engine:={SMALL[0]}", f"post_engine:={SMALL[1]}"], ros_env(DOMAIN), tmp_path / "launch.log")
+                            f"feat_engine:={SMALL[0]}", f"post_engine:={SMALL[1]}"], ros_env(DOMAIN),
+                           tmp_path / "launch.log")
     ros = rclpy.create_node("launch_check", context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(ros)
@@ -246,3 +247,32 @@ def test_the_launch_file_runs_where_launch_ros_is_installed(tmp_path, context):
         ros.destroy_node()
         launched.stop(30.0)
     print(launched.log())
+
+
+def test_integer_values_for_float_parameters_are_accepted(context):
+    node = FlashStereoNode(parameter_overrides={**SMALL_OVERRIDES, "max_depth": 10, "min_depth": 1}, context=context)
+    try:
+        assert node.get_parameter("max_depth").value == 10.0 and node.get_parameter("min_depth").value == 1.0
+    finally:
+        node.destroy_node()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"device": "gpu"}, "device must be one of"),
+    ({"qos_reliability": "sometimes"}, "qos_reliability must be one of"),
+    ({"min_depth": 5.0, "max_depth": 2.0}, "max_depth"),
+])
+def test_bad_start_up_parameters_are_named(context, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        FlashStereoNode(parameter_overrides={**SMALL_OVERRIDES, **overrides}, context=context)
+
+
+def test_console_entry_names_a_missing_model_and_exits_1(tmp_path):
+    import subprocess
+
+    from test_node_e2e import node_command
+
+    run = subprocess.run(node_command() + ["--ros-args", "-p", f"feat_engine:={tmp_path}/nope.onnx", "-p",
+                                           f"post_engine:={tmp_path}/nope2.onnx"],
+                         env=ros_env(DOMAIN), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "error:" in run.stderr and "nope.onnx" in run.stderr, run.stderr

@@ -47,8 +47,8 @@ def exchanged(request, tmp_path_factory):
     spec = folder / "spec.json"
     spec.write_text(json.dumps({"reliable": reliable, "outputs": OUTPUTS, "frames": FRAMES}))
     try:
-        client = subprocess.run([sys.executable, "-m", "flashstereo_ros.ros_testing", str(spec), str(folder / "out.npz")],
-                                env=env, capture_output=True, text=True, timeout=150)
+        client = subprocess.run([sys.executable, "-m", "flashstereo_ros.ros_testing", str(spec),
+                                 str(folder / "out.npz")], env=env, capture_output=True, text=True, timeout=150)
     finally:
         code = node.stop()
     log = node.log()
@@ -99,7 +99,9 @@ def test_disparity_message_fields(exchanged, index):
 def test_color_image_is_the_turbo_colouring_of_the_disparity(exchanged, index):
     color = exchanged["arrays"][f"{index}/color"]
     assert exchanged["meta"][index]["color"]["encoding"] == "bgr8"
-    assert np.array_equal(color, colorize.colorize(exchanged["arrays"][f"{index}/disparity"]))
+    disparity = exchanged["arrays"][f"{index}/disparity"]
+    assert color.shape == disparity.shape + (3,)
+    assert np.array_equal(color, colorize.colorize(disparity, colorize.disparity_range(disparity[::4, ::4])))
 
 
 @pytest.mark.parametrize("index", range(len(FRAMES)))
@@ -157,7 +159,8 @@ def test_point_cloud_back_projects_depth_with_left_colours(exchanged, index):
     np.testing.assert_allclose(cloud[..., 1][finite], ((v - camera.cy) * z / camera.fy)[finite], rtol=1e-5, atol=1e-6)
     assert np.isnan(cloud[..., :3][~finite]).all()
     rgb = cloud[..., 3].copy().view(np.uint32)
-    packed = (scene.left[..., 0].astype(np.uint32) << 16) | (scene.left[..., 1].astype(np.uint32) << 8) | scene.left[..., 2]
+    r, g, b = (scene.left[..., c].astype(np.uint32) for c in range(3))
+    packed = (r << 16) | (g << 8) | b
     assert np.array_equal(rgb, packed)
 
 

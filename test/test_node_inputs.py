@@ -89,7 +89,8 @@ class Rig:
     def logged(self, keyword, timeout_s=3.0) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if any(keyword in line and ("[WARN]" in line or "[ERROR]" in line) for line in self.node.log().splitlines()):
+            lines = self.node.log().splitlines()
+            if any(keyword in line and ("[WARN]" in line or "[ERROR]" in line) for line in lines):
                 return True
             time.sleep(0.1)
         return False
@@ -247,6 +248,28 @@ def test_unsynchronized_stamps_are_reported(rig):
         status = rig.problem("no set has synchronized", since, timeout_s=0.2)
     assert status is not None and "sync_slop_s" in status.message
     assert rig.logged("no set has synchronized")
+    rig.good_pair_is_processed()
+
+
+def test_camera_info_arriving_after_its_images_is_used(rig):
+    stamp = now_ns(rig.ros)
+    left, right = rig.pair()
+    rig.client.publish(0, left, stamp)
+    rig.client.publish(2, right, stamp)
+    rig.spin(lambda: False, 0.3)
+    rig.client.publish(1, rig.infos[0], stamp)
+    rig.client.publish(3, rig.infos[1], stamp)
+    assert rig.answer(stamp) is not None and rig.answer(stamp, "depth") is not None
+
+
+def test_a_repeated_problem_is_logged_once_per_period(rig):
+    since = now_ns(rig.ros)
+    for _ in range(5):
+        rig.send(*with_encoding(rig, "bayer_gbrg8"))
+        rig.spin(lambda: False, 0.1)
+    assert rig.problem("bayer_gbrg8", since) is not None
+    lines = [line for line in rig.node.log().splitlines() if "'bayer_gbrg8'" in line]
+    assert len(lines) == 1, lines
     rig.good_pair_is_processed()
 
 

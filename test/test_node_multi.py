@@ -15,8 +15,8 @@ from rclpy.parameter import Parameter  # noqa: E402
 
 from flashstereo_ros import resources, shared_pipelines, synthetic  # noqa: E402
 from flashstereo_ros.node import FlashStereoNode, timing_message_type  # noqa: E402
-from flashstereo_ros.ros_testing import (NodeProcess, StereoClient, camera_infos, disparity_array, image_msg,  # noqa: E402
-                                         now_ns, ros_env, spin_until)
+from flashstereo_ros.ros_testing import (NodeProcess, StereoClient, camera_infos, disparity_array,  # noqa: E402
+                                         image_msg, now_ns, ros_env, spin_until)
 from flashstereo_ros.tools.demo import error_report  # noqa: E402
 
 pytestmark = [pytest.mark.ros]
@@ -51,7 +51,8 @@ class Graph:
         scene = SCENES[namespace]
         infos = camera_infos(scene.focal_px, scene.baseline_m, W, H)
         stamp = now_ns(self.ros)
-        self.clients[namespace].publish_pair(image_msg(scene.left, "rgb8"), image_msg(scene.right, "rgb8"), infos, stamp)
+        self.clients[namespace].publish_pair(image_msg(scene.left, "rgb8"), image_msg(scene.right, "rgb8"), infos,
+                                             stamp)
         return spin_until(self.executor, lambda: self.clients[namespace].latest(output, stamp), 10)
 
     def close(self):

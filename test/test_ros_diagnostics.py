@@ -71,3 +71,8 @@ def test_no_input_advice_names_both_fixes_for_best_effort():
     text = ros_qos.no_input_advice("/cam/left/image_rect", 1, 4.0, BEST_EFFORT, [BEST_EFFORT])
     assert "/cam/left/image_rect" in text and "reliable" in text and "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA" in text
     assert "every process" in text
+
+
+def test_no_input_advice_for_a_forced_reliable_subscription_to_a_best_effort_camera():
+    text = ros_qos.no_input_advice("/cam/left/image_rect", 1, 4.0, RELIABLE, [BEST_EFFORT])
+    assert "cannot match" in text and "qos_reliability" in text
