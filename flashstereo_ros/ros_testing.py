@@ -182,6 +182,35 @@ def ros_env(domain_id: int, large_data: bool = False, base: dict | None = None) 
     return env
 
 
+def init_context(domain_id: int):
+    """A fresh rclpy Context on an isolated, loopback-only domain (this process's environment left as it was)."""
+    import rclpy
+
+    keys = ("ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_BUILTIN_TRANSPORTS", "ROS_LOCALHOST_ONLY")
+    saved = {key: os.environ.get(key) for key in keys}
+    try:
+        for key in keys[1:]:
+            os.environ.pop(key, None)
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # read when the context starts
+        context = rclpy.Context()
+        rclpy.init(context=context, domain_id=domain_id)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return context
+
+
+def node_command() -> list[str]:
+    """The node's console entry as a user runs it (beside this Python), else `python -m flashstereo_ros.node`."""
+    import sys
+
+    entry = Path(sys.executable).parent / "flashstereo-node"
+    return [str(entry)] if entry.exists() else [sys.executable, "-m", "flashstereo_ros.node"]
+
+
 class NodeProcess:
     """The node as a user runs it: a subprocess of the console entry, output captured to a log file."""
 

@@ -6,7 +6,6 @@ itself is run.
 """
 import importlib.util
 import math
-import os
 import re
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from flashstereo_ros import resources, synthetic  # noqa: E402
 from flashstereo_ros.node import INPUT_TOPICS, OUTPUT_TOPICS, FlashStereoNode  # noqa: E402
 from flashstereo_ros.node_params import PARAMETERS  # noqa: E402
 from flashstereo_ros.ros_testing import (NodeProcess, StereoClient, camera_infos, encode, image_msg,  # noqa: E402
-                                         now_ns, ros_env, spin_until)
+                                         init_context, node_command, now_ns, ros_env, spin_until)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "config").glob("*.yaml"))
@@ -46,9 +45,7 @@ def node_parameters(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def context():
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=DOMAIN)
+    ctx = init_context(DOMAIN)
     yield ctx
     rclpy.shutdown(context=ctx)
 
@@ -143,8 +140,6 @@ def test_launch_refuses_unknown_wiring_keys(tmp_path):
 
 def command_line(settings: dict) -> list[str]:
     """What launch_ros makes of the Node action: the executable with --ros-args."""
-    from test_node_e2e import node_command
-
     args = node_command() + ["--ros-args", "-r", f"__node:={settings['name']}", "-r", f"__ns:=/{settings['namespace']}"]
     for item in settings["parameters"]:
         if isinstance(item, str):
@@ -269,8 +264,6 @@ def test_bad_start_up_parameters_are_named(context, overrides, message):
 
 def test_console_entry_names_a_missing_model_and_exits_1(tmp_path):
     import subprocess
-
-    from test_node_e2e import node_command
 
     run = subprocess.run(node_command() + ["--ros-args", "-p", f"feat_engine:={tmp_path}/nope.onnx", "-p",
                                            f"post_engine:={tmp_path}/nope2.onnx"],

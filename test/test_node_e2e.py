@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("rclpy")
 
 from flashstereo_ros import colorize, depth, synthetic  # noqa: E402
-from flashstereo_ros.ros_testing import NodeProcess, camera_infos, ros_env  # noqa: E402
+from flashstereo_ros.ros_testing import NodeProcess, camera_infos, node_command, ros_env  # noqa: E402
 from flashstereo_ros.tools.demo import error_report  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -29,13 +29,6 @@ FRAMES = [  # cx_offset = cx_left - cx_right, pixels: non-zero to check the disp
      "frame_id": "stereo_left_optical"},
 ]
 OUTPUTS = ["disparity", "disparity/color", "depth", "depth/camera_info", "points2"]
-
-
-def node_command() -> list[str]:
-    from pathlib import Path
-
-    entry = Path(sys.executable).parent / "flashstereo-node"
-    return [str(entry)] if entry.exists() else [sys.executable, "-m", "flashstereo_ros.node"]
 
 
 @pytest.fixture(scope="module", params=list(TRANSPORTS))

@@ -4,7 +4,6 @@ The node runs as a user runs it (console entry, subprocess, small bundled model 
 /cam). After each bad input: a WARN/ERROR diagnostic names the problem, a log line says it, the node lives
 on and the next good pair is processed.
 """
-import os
 import time
 
 import numpy as np
@@ -17,7 +16,7 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from flashstereo_ros import resources, synthetic  # noqa: E402
 from flashstereo_ros.diagnostics import WARN, status_level  # noqa: E402
 from flashstereo_ros.ros_testing import (NodeProcess, StereoClient, camera_infos, disparity_array, encode,  # noqa: E402
-                                         image_msg, now_ns, ros_env, spin_until)
+                                         image_msg, init_context, node_command, now_ns, ros_env, spin_until)
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 DOMAIN = 63
@@ -33,18 +32,10 @@ class Rig:
 
     def __init__(self, tmp_path):
         feat, post = resources.bundled_models(".onnx", (H, W))
-        from test_node_e2e import node_command  # the same command line a user types
-
         self.node = NodeProcess(node_command() + ["--ros-args", "-r", f"__ns:=/{NAMESPACE}", "-p", "device:=cpu",
                                                   "-p", f"feat_engine:={feat}", "-p", f"post_engine:={post}"],
                                 ros_env(DOMAIN), tmp_path / "node.log")
-        saved = {k: os.environ.get(k) for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_BUILTIN_TRANSPORTS")}
-        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-        os.environ.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN)
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        self.context = init_context(DOMAIN)
         self.ros = rclpy.create_node("camera_stand_in", context=self.context)
         self.client = StereoClient(self.ros, NAMESPACE)
         self.executor = SingleThreadedExecutor(context=self.context)

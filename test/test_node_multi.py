@@ -1,7 +1,6 @@
 """Several stereo nodes in one process (one per camera pair), one executor, one shared engine pair; run-time
 parameters; outputs computed only for subscribers; the per-frame timing topic."""
 import math
-import os
 import sys
 
 import numpy as np
@@ -16,7 +15,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from flashstereo_ros import resources, shared_pipelines, synthetic  # noqa: E402
 from flashstereo_ros.node import FlashStereoNode, timing_message_type  # noqa: E402
 from flashstereo_ros.ros_testing import (NodeProcess, StereoClient, camera_infos, disparity_array,  # noqa: E402
-                                         image_msg, now_ns, ros_env, spin_until)
+                                         image_msg, init_context, node_command, now_ns, ros_env, spin_until)
 from flashstereo_ros.tools.demo import error_report  # noqa: E402
 
 pytestmark = [pytest.mark.ros]
@@ -30,9 +29,7 @@ MAE_BOUND_PX, GOOD_PERCENT = 1.0, 90.0
 
 class Graph:
     def __init__(self):
-        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN)
+        self.context = init_context(DOMAIN)
         self.nodes = {ns: FlashStereoNode(namespace=ns, parameter_overrides=SMALL_MODEL, context=self.context)
                       for ns in SCENES}
         self.ros = rclpy.create_node("cameras", context=self.context)
@@ -136,15 +133,11 @@ def test_depth_limits_apply(graph):
 
 
 def test_console_entry_runs_one_node_per_namespace(tmp_path):
-    from test_node_e2e import node_command
-
     command = node_command() + ["--namespaces", "front", "rear", "--ros-args"]
     for key, value in SMALL_MODEL.items():
         command += ["-p", f"{key}:={value}"]
     node = NodeProcess(command, ros_env(DOMAIN + 1), tmp_path / "node.log")
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=DOMAIN + 1)
+    context = init_context(DOMAIN + 1)
     ros = rclpy.create_node("cameras", context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(ros)
