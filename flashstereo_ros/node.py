@@ -12,6 +12,7 @@ flashstereo_ros stereo.launch.py`); several in one process: `flashstereo-node --
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import sys
 import threading
@@ -25,7 +26,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile
+from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from stereo_msgs.msg import DisparityImage
 
@@ -48,6 +49,7 @@ INPUT_TOPICS = ("left/image_rect", "left/camera_info", "right/image_rect", "righ
 INPUT_TYPES = (Image, CameraInfo, Image, CameraInfo)
 LEFT_IMAGE, LEFT_INFO, RIGHT_IMAGE, RIGHT_INFO = range(4)
 IMAGE_INPUTS = (LEFT_IMAGE, RIGHT_IMAGE)
+INFO_INPUTS = (LEFT_INFO, RIGHT_INFO)
 OUTPUT_TOPICS = {"disparity": "disparity", "color": "disparity/color", "depth": "depth",
                  "depth_info": "depth/camera_info", "points": "points2", "timing": "~/timing"}
 DIAGNOSTICS_TOPIC = "/diagnostics"
@@ -59,6 +61,10 @@ PROBLEM_HOLD_S = 5.0  # a problem stays in the diagnostics this long after it wa
 DISPARITY_DELTA_D = 1.0 / 16.0  # sub-pixel step, as stereo_image_proc; the network's output is float32
 CLOCK_MISMATCH_S = 3600.0  # stamps this far from the node clock come from another clock: no latency
 WORKER_POLL_S = 0.2
+# image pairs in a row that found no CameraInfo with their stamps before the newest CameraInfo is used
+# instead (latched/static calibration, or infos stamped differently from the images)
+NEWEST_INFO_AFTER_PAIRS = 3
+RECENT_STAMPS = 16  # pairs remembered so one handed over twice (both paths) is processed once
 
 
 def timing_message_type() -> type:
@@ -73,7 +79,10 @@ class InputState:
     arrivals: RateMeter = dataclasses.field(default_factory=RateMeter)
     last_stamp: int | None = None
     reliability: Any = None  # what this node subscribes with
+    durability: Any = None
     offered: list = dataclasses.field(default_factory=list)  # what the publishers offer
+    offered_durability: list = dataclasses.field(default_factory=list)
+    latest: Any = None  # the newest message (camera infos: used when stamps never match the images)
     publishers: int = 0
     subscribed_at: float = 0.0
 
@@ -146,7 +155,16 @@ class FlashStereoNode(Node):
         self._approximate = bool(self._param("approximate_sync")) and self._param("sync_slop_s") > 0
         self._sync = make_synchronizer(len(INPUT_TOPICS), self._param("queue_size"), self._on_synchronized,
                                        self._approximate, self._param("sync_slop_s"))
+        # the images alone too: a pair whose CameraInfos never come with its stamp can use the newest ones
+        self._image_sync = make_synchronizer(2, self._param("queue_size"), self._on_image_pair, self._approximate,
+                                             self._param("sync_slop_s"))
         self._sync_backend = "message_filters" if message_filters_available() else "built-in"
+        self._handoff_lock = threading.Lock()
+        self._pairs_without_info = 0
+        self._newest_info_pairs = 0
+        self._using_newest_info = False
+        self._newest_info_used = RateMeter()
+        self._recent_stamps: collections.deque[int] = collections.deque(maxlen=RECENT_STAMPS)
         self._slot = NewestSlot()
         self._synchronized = RateMeter()
         self._published = RateMeter()
@@ -161,7 +179,8 @@ class FlashStereoNode(Node):
         self._inputs = [InputState() for _ in INPUT_TOPICS]
         self._subscriptions_by_input: list[Any] = [None] * len(INPUT_TOPICS)
         for index in range(len(INPUT_TOPICS)):
-            self._subscribe(index, ros_qos.choose_reliability(self._param("qos_reliability"), []))
+            self._subscribe(index, ros_qos.choose_reliability(self._param("qos_reliability"), []),
+                            ros_qos.choose_durability([]))
         self._check_qos()
         self._qos_timer = self.create_timer(QOS_CHECK_PERIOD_S, lambda: self._guarded(self._check_qos))
         self._diagnostics_timer = self.create_timer(DIAGNOSTICS_PERIOD_S,
@@ -187,44 +206,84 @@ class FlashStereoNode(Node):
         return sub.topic_name if sub is not None else self.resolve_topic_name(INPUT_TOPICS[index])
 
     # ---- inputs and QoS --------------------------------------------------------------------------
-    def _subscribe(self, index: int, reliability) -> None:
+    def _subscribe(self, index: int, reliability, durability) -> None:
         old = self._subscriptions_by_input[index]
         if old is not None:
             self.destroy_subscription(old)
-        qos = ros_qos.input_qos(reliability, self._param("queue_size"))
+        qos = ros_qos.input_qos(reliability, self._param("queue_size"), durability)
         self._subscriptions_by_input[index] = self.create_subscription(
             INPUT_TYPES[index], INPUT_TOPICS[index], lambda msg, i=index: self._on_input(i, msg), qos)
         state = self._inputs[index]
-        state.reliability, state.subscribed_at = reliability, time.monotonic()
+        state.reliability, state.durability, state.subscribed_at = reliability, durability, time.monotonic()
 
     def _check_qos(self) -> None:
-        """Follow the publishers' offered reliability (auto) as they come and go."""
+        """Follow the publishers' offered reliability (auto), and latching of camera infos, as they come and go."""
         setting = self._param("qos_reliability")
         for index, state in enumerate(self._inputs):
             infos = self.get_publishers_info_by_topic(self._resolved(index))
             state.offered = [info.qos_profile.reliability for info in infos]
+            state.offered_durability = [info.qos_profile.durability for info in infos]
             state.publishers = len(infos)
-            wanted = ros_qos.choose_reliability(setting, state.offered)
-            if wanted != state.reliability:
+            reliability = ros_qos.choose_reliability(setting, state.offered)
+            durability = (ros_qos.choose_durability(state.offered_durability) if index in INFO_INPUTS
+                          else ros_qos.choose_durability([]))
+            if (reliability, durability) != (state.reliability, state.durability):
+                offered = "/".join(sorted({ros_qos.policy_name(p) for p in state.offered}))
                 self.get_logger().info(
-                    f"{self._resolved(index)}: publishers offer "
-                    f"{'/'.join(sorted({ros_qos.policy_name(p) for p in state.offered}))}; subscribing "
-                    f"{ros_qos.policy_name(wanted)} (was {ros_qos.policy_name(state.reliability)})")
-                self._subscribe(index, wanted)
+                    f"{self._resolved(index)}: publishers offer {offered}; subscribing "
+                    f"{ros_qos.policy_name(reliability)} (was {ros_qos.policy_name(state.reliability)}), "
+                    f"{durability.name.lower()}")
+                self._subscribe(index, reliability, durability)
 
     def _on_input(self, index: int, msg) -> None:
         state = self._inputs[index]
         state.arrivals.tick(time.monotonic())
         try:
             state.last_stamp = stamp_ns(msg)
-            self._sync.add(index, msg)
+            state.latest = msg
+            self._sync.add(index, msg)  # first: a complete set resets the count of pairs without infos
+            if index in IMAGE_INPUTS:
+                self._image_sync.add(IMAGE_INPUTS.index(index), msg)
         except Exception as exc:  # a malformed message must not take the executor down
             self._problem("synchronizer", ERROR, f"{INPUT_TOPICS[index]}: {type(exc).__name__}: {exc}")
 
     def _on_synchronized(self, left, left_info, right, right_info) -> None:
         self._synchronized.tick(time.monotonic())
-        # replaces (drops) an older pair the worker has not taken yet
-        self._slot.put((left, left_info, right, right_info), stamp_ns(left))
+        with self._handoff_lock:
+            self._pairs_without_info = 0
+            switched, self._using_newest_info = self._using_newest_info, False
+        if switched:
+            self.get_logger().info("CameraInfos come with the images' stamps again: matching them by stamp")
+        self._hand_over((left, left_info, right, right_info))
+
+    def _on_image_pair(self, left, right) -> None:
+        """An image pair; used with the newest CameraInfos only once pairs keep coming without matching infos."""
+        with self._handoff_lock:
+            self._pairs_without_info += 1
+            if self._pairs_without_info < NEWEST_INFO_AFTER_PAIRS:
+                return
+        left_info, right_info = self._inputs[LEFT_INFO].latest, self._inputs[RIGHT_INFO].latest
+        if left_info is None or right_info is None:
+            return  # never had one: the diagnostics say which is missing
+        with self._handoff_lock:
+            entering, self._using_newest_info = not self._using_newest_info, True
+        if entering:
+            self.get_logger().info(
+                f"CameraInfos do not come with the images' stamps (latched calibration, or stamped differently): "
+                f"using the newest CameraInfo of each side (stamps {stamp_ns(left_info) / NANOSECONDS:.6f}, "
+                f"{stamp_ns(right_info) / NANOSECONDS:.6f}; image {stamp_ns(left) / NANOSECONDS:.6f})")
+        self._newest_info_pairs += 1
+        self._newest_info_used.tick(time.monotonic())
+        self._hand_over((left, left_info, right, right_info))
+
+    def _hand_over(self, pair: tuple) -> None:
+        """To the worker, once per left stamp; replaces (drops) an older pair the worker has not taken yet."""
+        stamp = stamp_ns(pair[0])
+        with self._handoff_lock:
+            if stamp in self._recent_stamps:
+                return
+            self._recent_stamps.append(stamp)
+        self._slot.put(pair, stamp)
 
     # ---- parameters --------------------------------------------------------------------------------
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
@@ -412,6 +471,10 @@ class FlashStereoNode(Node):
             if quiet_s < NO_INPUT_WARN_S:
                 continue
             topic = self._resolved(index)
+            latched = (state.latest is not None and state.offered_durability
+                       and ros_qos.choose_durability(state.offered_durability) == DurabilityPolicy.TRANSIENT_LOCAL)
+            if index in INFO_INPUTS and latched:
+                continue  # a latched CameraInfo is published once: silence is expected
             if state.publishers > 0:
                 self._problem(f"no input on {topic}", WARN, ros_qos.no_input_advice(
                     topic, state.publishers, quiet_s, state.reliability, state.offered))
@@ -423,7 +486,9 @@ class FlashStereoNode(Node):
                   for state in self._inputs]
         last_set = self._synchronized.last()
         since_set = now - (last_set if last_set is not None else self._started_at)
-        if all(recent) and since_set > NO_INPUT_WARN_S:
+        newest_used = self._newest_info_used.last()
+        using_newest = newest_used is not None and now - newest_used < NO_INPUT_WARN_S
+        if all(recent) and since_set > NO_INPUT_WARN_S and not using_newest:
             stamps = [state.last_stamp for state in self._inputs]
             spread = stamps_spread_s(stamps)
             detail = ", ".join(f"{topic} {stamp / NANOSECONDS:.6f}" for topic, stamp in zip(INPUT_TOPICS, stamps))
@@ -432,6 +497,11 @@ class FlashStereoNode(Node):
             self._problem("sync", WARN, f"all inputs arrive but no set has synchronized for {since_set:.0f} s: "
                                         f"newest stamps {detail} (spread {spread:.6f} s); images and camera infos "
                                         f"must be stamped {rule}")
+
+    def _info_matching(self) -> str:
+        if not self._using_newest_info:
+            return "matched by stamp"
+        return f"newest of each side, their stamps do not match the images' ({self._newest_info_pairs} pairs)"
 
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
@@ -446,7 +516,8 @@ class FlashStereoNode(Node):
         values += [("pipeline", self._pipeline_name),
                   ("engine size", "{1}x{0}".format(*self._shared.pipeline.input_size)),
                   ("nodes sharing the pipeline", str(self._shared.users)),
-                  ("sync", self._sync_description())]
+                  ("sync", self._sync_description()),
+                  ("camera infos", self._info_matching())]
         for index, state in enumerate(self._inputs):
             offered = "/".join(sorted({ros_qos.policy_name(p) for p in state.offered})) or "-"
             values.append((f"input {self._resolved(index)}",

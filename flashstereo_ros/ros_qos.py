@@ -41,10 +41,19 @@ def choose_reliability(setting: str, offered: Iterable[ReliabilityPolicy]) -> Re
     return ReliabilityPolicy.BEST_EFFORT
 
 
-def input_qos(reliability: ReliabilityPolicy, depth: int) -> QoSProfile:
-    """Keep-last, volatile (matches volatile and transient-local publishers alike)."""
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability,
-                      durability=DurabilityPolicy.VOLATILE)
+def choose_durability(offered: Iterable[DurabilityPolicy]) -> DurabilityPolicy:
+    """Transient-local when every publisher offers it (a latched CameraInfo published once is then received
+    on subscription); volatile otherwise (a transient-local reader would not match a volatile writer)."""
+    offered = list(offered)
+    if offered and all(policy == DurabilityPolicy.TRANSIENT_LOCAL for policy in offered):
+        return DurabilityPolicy.TRANSIENT_LOCAL
+    return DurabilityPolicy.VOLATILE
+
+
+def input_qos(reliability: ReliabilityPolicy, depth: int,
+              durability: DurabilityPolicy = DurabilityPolicy.VOLATILE) -> QoSProfile:
+    """Keep-last; volatile matches volatile and transient-local publishers alike."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability, durability=durability)
 
 
 def output_qos(setting: str, depth: int) -> QoSProfile:

@@ -76,3 +76,12 @@ def test_no_input_advice_names_both_fixes_for_best_effort():
 def test_no_input_advice_for_a_forced_reliable_subscription_to_a_best_effort_camera():
     text = ros_qos.no_input_advice("/cam/left/image_rect", 1, 4.0, RELIABLE, [BEST_EFFORT])
     assert "cannot match" in text and "qos_reliability" in text
+
+
+def test_camera_infos_are_received_latched_only_when_every_publisher_latches():
+    from rclpy.qos import DurabilityPolicy
+
+    latched, volatile = DurabilityPolicy.TRANSIENT_LOCAL, DurabilityPolicy.VOLATILE
+    assert ros_qos.choose_durability([latched]) == latched
+    assert ros_qos.choose_durability([latched, volatile]) == volatile  # a latched reader would not match it
+    assert ros_qos.choose_durability([]) == volatile
