@@ -303,11 +303,12 @@ class FlashStereoNode(Node):
         return SetParametersResult(successful=True)
 
     # ---- problems ----------------------------------------------------------------------------------
-    def _problem(self, key: str, level: int, message: str) -> None:
-        """Into the diagnostics (held PROBLEM_HOLD_S) and the log (each distinct message throttled)."""
+    def _problem(self, key: str, level: int, message: str, per_key: bool = False) -> None:
+        """Into the diagnostics (held PROBLEM_HOLD_S) and the log, throttled per distinct message (per key when
+        the message carries measurements that change every time)."""
         now = time.monotonic()
         self._problems.report(key, level, message, now)
-        if self._log_throttle.ready(f"{key}|{message}", now):
+        if self._log_throttle.ready(key if per_key else f"{key}|{message}", now):
             # two call sites: rclpy refuses one call site logging at two severities
             if level >= ERROR:
                 self.get_logger().error(f"{key}: {message}")
@@ -441,7 +442,8 @@ class FlashStereoNode(Node):
         latency_s = (self.get_clock().now().nanoseconds - stamp_ns(left_msg)) / NANOSECONDS
         if abs(latency_s) > CLOCK_MISMATCH_S:
             self._problem("clock", WARN, f"image stamps are {latency_s:.0f} s from this node's clock (camera clock "
-                                         "not synchronised, or use_sim_time with a bag?): latency not measured")
+                                         "not synchronised, or use_sim_time with a bag?): latency not measured",
+                          per_key=True)
             return None
         return latency_s * 1e3
 
@@ -477,7 +479,7 @@ class FlashStereoNode(Node):
                 continue  # a latched CameraInfo is published once: silence is expected
             if state.publishers > 0:
                 self._problem(f"no input on {topic}", WARN, ros_qos.no_input_advice(
-                    topic, state.publishers, quiet_s, state.reliability, state.offered))
+                    topic, state.publishers, quiet_s, state.reliability, state.offered), per_key=True)
             else:
                 need = "" if index in IMAGE_INPUTS else " (every pair needs both CameraInfos, stamped like the images)"
                 self._problem(f"no input on {topic}", WARN, f"no publisher on {topic}{need}: remap "
@@ -496,7 +498,7 @@ class FlashStereoNode(Node):
                     else "with identical stamps (approximate_sync is off)")
             self._problem("sync", WARN, f"all inputs arrive but no set has synchronized for {since_set:.0f} s: "
                                         f"newest stamps {detail} (spread {spread:.6f} s); images and camera infos "
-                                        f"must be stamped {rule}")
+                                        f"must be stamped {rule}", per_key=True)
 
     def _info_matching(self) -> str:
         if not self._using_newest_info:

@@ -62,7 +62,8 @@ def stream_images(node, executor, client, until, seconds, right_info_offset_ns=N
 def test_a_calibration_latched_before_the_node_starts_is_used(ros, tmp_path):
     node, executor = ros
     infos = camera_infos(SCENE.focal_px, SCENE.baseline_m, W, H)
-    info_pubs = [node.create_publisher(CameraInfo, f"/latched/{side}/camera_info", LATCHED) for side in ("left", "right")]
+    info_pubs = [node.create_publisher(CameraInfo, f"/latched/{side}/camera_info", LATCHED)
+                 for side in ("left", "right")]
     for pub, info in zip(info_pubs, infos):
         pub.publish(info)  # once, stamp 0, before the node exists
     stereo = start_node("latched", tmp_path)
@@ -78,7 +79,8 @@ def test_a_calibration_latched_before_the_node_starts_is_used(ros, tmp_path):
         assert np.median(np.abs(z[SCENE.valid] - truth) / truth) < 0.05
         stream_images(node, executor, client, lambda: False, 4.0)  # long enough for a silence warning
         statuses = [s for s in client.statuses("/latched/")]
-        assert statuses and "newest of each side" in dict((kv.key, kv.value) for kv in statuses[-1].values)["camera infos"]
+        values = dict((kv.key, kv.value) for kv in statuses[-1].values)
+        assert "newest of each side" in values["camera infos"]
         assert not any("camera_info" in s.message and status_level(s) >= WARN for s in statuses[-2:]), \
             [s.message for s in statuses[-2:]]
         assert "transient_local" in stereo.log()
