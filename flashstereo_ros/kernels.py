@@ -34,7 +34,7 @@ COMPILE_OPTIONS = ("--std=c++17", "--fmad=false")  # no contraction: the bit-ide
 SIGNATURES: dict[str, tuple[str, ...]] = {
     "preprocess": ("ptr", "i32", "i32", "i32", "i32", "i32", "i32", "i32", "ptr", "ptr", "i32", "ptr", "i32", "i32"),
     "group_norm": ("ptr", "ptr", "ptr", "ptr", "i32", "i32"),
-    "gwc_volume": ("ptr", "ptr", "ptr", "i32", "i32"),
+    "gwc_volume": ("ptr", "ptr", "ptr", "i32", "i32", "i32"),
     "resize_disparity": ("ptr", "i32", "i32", "ptr", "ptr", "i32", "f32", "i32", "f32", "ptr", "i32", "i32"),
     "cast_f32_to_f16": ("ptr", "ptr", "u64"),
     "cast_f16_to_f32": ("ptr", "ptr", "u64"),
@@ -43,7 +43,9 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
                     "f32", "f32", "f32", "f32", "ptr", "i32", "i32"),
 }
 _CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "u64": ctypes.c_uint64, "f32": ctypes.c_float}
-GWC_TILE_X, GWC_XT, GWC_KT = 64, 4, 8  # columns per block, columns and disparities per thread: as gwc.cu
+GWC_XT, GWC_KT = 8, 16  # columns and disparities per thread (gwc.cu's register block)
+GWC_BLOCKS_PER_SM = 3  # resident blocks per multiprocessor of the persistent (pipelined) GWC kernel
+GWC_KERNEL_ENV = "FLASHSTEREO_GWC_KERNEL"  # "pipelined" (default) or "tiled": which gwc.cu variant to build
 STATIC_SHARED_LIMIT = 48 * 1024
 BLOCK_2D = (32, 8, 1)
 BLOCK_1D = (256, 1, 1)
@@ -214,6 +216,15 @@ class Kernel:
         self.handle = handle
         self.signature = SIGNATURES[name]
 
+    def attribute(self, name: str) -> int:
+        attr = getattr(cuda.driver.CUfunction_attribute, f"CU_FUNC_ATTRIBUTE_{name}")
+        return int(check(cuda.driver.cuFuncGetAttribute(attr, self.handle), "cuFuncGetAttribute"))
+
+    def resident_blocks(self, threads: int, shared: int = 0) -> int:
+        """Blocks of `threads` threads that fit on one multiprocessor at once (registers, shared memory)."""
+        return int(check(cuda.driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(self.handle, int(threads), shared),
+                         "cuOccupancyMaxActiveBlocksPerMultiprocessor"))
+
     def prepare(self, grid: Sequence[int], block: Sequence[int], args: Sequence[object], shared: int = 0) -> "Launch":
         if len(args) != len(self.signature):
             raise CudaError(f"kernel {self.name} takes {len(self.signature)} arguments, got {len(args)}")
@@ -358,24 +369,81 @@ class GroupNormKernel:
 
 
 class GwcKernel:
-    """The group-wise correlation volume from normalised half features (kernels/gwc.cu)."""
+    """The group-wise correlation volume from normalised half features (kernels/gwc.cu).
 
-    def __init__(self, group_channels: int, disparities: int, out_dtype, device_id: int = 0):
+    The module is built per tile width: `prepare` picks the widest tile (a multiple of 8 columns) whose
+    shared-memory tiles fit the static limit, then splits the row into equal tiles, so a 480x640 frame's
+    160-column rows are one tile each and no right column is loaded twice. The default, pipelined variant
+    runs a persistent grid of blocks_per_sm blocks per multiprocessor (fewer if fewer fit) that fetch
+    the next tile while computing the current one; pipelined=False (or FLASHSTEREO_GWC_KERNEL=tiled)
+    builds the one-block-per-tile variant instead. Every variant computes the same bits.
+    """
+
+    def __init__(self, group_channels: int, disparities: int, out_dtype, device_id: int = 0,
+                 xt: int = GWC_XT, kt: int = GWC_KT, max_tile: int | None = None, min_blocks: int = 1,
+                 pipelined: bool | None = None, blocks_per_sm: int = GWC_BLOCKS_PER_SM,
+                 max_blocks: int | None = None):
         self.group_channels, self.disparities = int(group_channels), int(disparities)
-        self.thread_rows = _blocks(self.disparities, GWC_KT)
-        shared = 4 * self.group_channels * (2 * GWC_TILE_X + self.thread_rows * GWC_KT)
-        if shared > STATIC_SHARED_LIMIT:
-            raise ModelError(f"the GWC kernel's tiles need {shared} bytes of shared memory for "
+        self.out_half = _half_flag(out_dtype, "gwc_volume")
+        self.device_id, self.xt, self.kt, self.min_blocks = device_id, int(xt), int(kt), int(min_blocks)
+        if pipelined is None:
+            variant = os.environ.get(GWC_KERNEL_ENV, "pipelined")
+            if variant not in ("pipelined", "tiled"):
+                raise ValueError(f"{GWC_KERNEL_ENV} must be 'pipelined' or 'tiled', got {variant!r}")
+            pipelined = variant == "pipelined"
+        self.pipelined, self.blocks_per_sm, self.max_blocks = bool(pipelined), int(blocks_per_sm), max_blocks
+        if self.pipelined and (self.xt != 8 or self.kt % 8):
+            raise ValueError(f"the pipelined GWC kernel takes xt = 8 and kt a multiple of 8, got {xt} x {kt}")
+        self.thread_rows = _blocks(self.disparities, self.kt)
+        self.max_tile = self._widest_tile() if max_tile is None else min(int(max_tile), self._widest_tile())
+        if self.max_tile < 8:
+            raise ModelError(f"the GWC kernel's tiles need {self.shared_bytes(8)} bytes of shared memory for "
                              f"{group_channels} channels per group and {disparities} disparities "
                              f"(limit {STATIC_SHARED_LIMIT})")
-        defines = {"GROUP_CHANNELS": self.group_channels, "DISPARITIES": self.disparities,
-                   "OUT_HALF": _half_flag(out_dtype, "gwc_volume")}
-        self.kernel = load_module("gwc.cu", defines, device_id).kernel("gwc_volume")
+        self._kernels: dict[int, Kernel] = {}
+
+    def shared_bytes(self, tile: int) -> int:
+        """Static shared memory of one block, as gwc.cu declares it: the left tile and the right columns it
+        needs (rows padded to whole 8-column chunks), float (tiled) or two stages of halves (pipelined)."""
+        right = (tile + self.thread_rows * self.kt + 7) // 8 * 8
+        return 4 * self.group_channels * (tile + right)
+
+    def _widest_tile(self) -> int:
+        tile = 0
+        while self.shared_bytes(tile + 8) <= STATIC_SHARED_LIMIT and (tile + 8) // self.xt * self.thread_rows <= 1024:
+            tile += 8
+        return tile
+
+    def tile_for(self, width: int) -> int:
+        """Columns per tile for a row of `width`: equal tiles, each at most max_tile, a multiple of 8."""
+        tiles = _blocks(width, self.max_tile)
+        return _blocks(_blocks(width, tiles), 8) * 8
+
+    def defines(self, tile: int) -> dict[str, int]:
+        return {"GROUP_CHANNELS": self.group_channels, "DISPARITIES": self.disparities, "OUT_HALF": self.out_half,
+                "TILE_X": tile, "XT": self.xt, "KT": self.kt, "MIN_BLOCKS": self.min_blocks,
+                "PIPELINED": int(self.pipelined)}
+
+    def kernel(self, tile: int) -> Kernel:
+        if tile not in self._kernels:
+            self._kernels[tile] = load_module("gwc.cu", self.defines(tile), self.device_id).kernel("gwc_volume")
+        return self._kernels[tile]
+
+    def grid(self, tile: int, groups: int, height: int, width: int) -> tuple[int, ...]:
+        if not self.pipelined:
+            return _blocks(width, tile), height, groups
+        items = _blocks(width, tile) * height * groups
+        threads = tile // self.xt * self.thread_rows
+        per_sm = max(1, min(self.blocks_per_sm, self.kernel(tile).resident_blocks(threads)))
+        sms = cuda.primary_context(self.device_id).attribute("MULTIPROCESSOR_COUNT")
+        blocks = min(items, sms * per_sm, self.max_blocks or items)  # max_blocks: tests make blocks loop
+        return (max(1, blocks),)
 
     def prepare(self, left, right, volume, groups: int, height: int, width: int) -> Launch:
-        block = (GWC_TILE_X // GWC_XT, self.thread_rows, 1)
-        return self.kernel.prepare((_blocks(width, GWC_TILE_X), height, groups), block,
-                                   (left, right, volume, height, width))
+        tile = self.tile_for(width)
+        block = (tile // self.xt, self.thread_rows, 1)
+        return self.kernel(tile).prepare(self.grid(tile, groups, height, width), block,
+                                         (left, right, volume, groups, height, width))
 
 
 class DisparityResizeKernel:

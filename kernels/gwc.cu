@@ -4,12 +4,24 @@
 //   vol[g,d,y,x] = sum_c L[g,c,y,x] * R[g,c,y,x-d] for x >= d, else +0
 // The sum is float32 in channel order starting with channel 0's product; each product of two halves is
 // exact in float32, so fmaf(l, r, acc) rounds exactly like acc + l*r: bit-identical to gwc.gwc_volume.
-// Block = TILE_X columns of one row y of one group g. The left tile and the right columns it needs,
-// [x0 - DPAD, x0 + TILE_X), sit in shared memory as float (8-byte global loads when W % 4 == 0).
-// Each thread owns XT consecutive x and KT consecutive d: per channel it reads XT left and XT+KT-1 right
-// values (float4 shared loads) for XT*KT multiply-adds held in registers, then writes XT consecutive x
-// per d with one vector store (coalesced across the warp).
-// Launch: block (TILE_X/XT, ceil(D/KT)), grid (ceil(W/TILE_X), H, G).
+//
+// Work item = TILE_X columns of one row y of one group g (the host picks TILE_X: a whole 1/4-resolution
+// row when two stages of tiles fit the 48 KB of static shared memory, so no right column is loaded twice).
+// An item needs the left tile and the right columns [x0 - DPAD, x0 + TILE_X). Each thread owns XT
+// consecutive x and KT consecutive d: per channel it reads XT left and XT+KT-1 right values from shared
+// memory for XT*KT multiply-adds held in registers, and finally writes XT consecutive x per d with one
+// vector store per d (coalesced across the warp).
+//
+// PIPELINED=1 (default): a persistent grid (the host launches a few blocks per SM); each block walks the
+// items blockIdx.x, blockIdx.x + gridDim.x, ... and fetches the next item's tiles with cp.async (16-byte
+// copies of halves straight into shared memory, zero-filled outside the image) into the second of two
+// stages while it computes the current one, so loads, arithmetic and the stores of the previous item
+// overlap. Tiles stay half in shared memory and are widened to float as they are read. XT = 8, KT a
+// multiple of 8 (16-byte shared loads). Launch: block (TILE_X/XT, ceil(D/KT)), grid (blocks).
+// PIPELINED=0: one block per item, float tiles (swizzled for XT = 8), loaded then computed; the first
+// register-blocked version, kept for comparison. Launch: block (TILE_X/XT, ceil(D/KT)),
+// grid (ceil(W/TILE_X), H, G).
+// Measurements and the reasoning behind both are in docs/GPU.md.
 #include "fs_common.cuh"
 
 #ifndef GROUP_CHANNELS
@@ -21,114 +33,87 @@
 #ifndef OUT_HALF
 #define OUT_HALF 1
 #endif
+#ifndef TILE_X
+#define TILE_X 64  // columns per block (the host passes its choice)
+#endif
+#ifndef XT
+#define XT 8  // columns per thread
+#endif
+#ifndef KT
+#define KT 16  // disparities per thread
+#endif
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 1  // __launch_bounds__ minimum resident blocks (caps registers when > 1)
+#endif
+#ifndef PIPELINED
+#define PIPELINED 1
+#endif
+#if (XT != 4 && XT != 8) || KT % 4 != 0 || TILE_X % 8 != 0 || TILE_X % XT != 0
+#error "XT must be 4 or 8, KT a multiple of 4, TILE_X a multiple of 8 and of XT"
+#endif
+#if PIPELINED && (XT != 8 || KT % 8 != 0)
+#error "the pipelined kernel needs XT = 8 and KT a multiple of 8"
+#endif
 
-#define TILE_X 64                                  // columns per block
-#define XT 4                                       // columns per thread
-#define KT 8                                       // disparities per thread
 #define TX (TILE_X / XT)                           // thread columns
 #define TD ((DISPARITIES + KT - 1) / KT)           // thread rows
+#define THREADS (TX * TD)
 #define DPAD (TD * KT)                             // disparities covered, >= DISPARITIES
-#define RCOLS (TILE_X + DPAD)                      // right columns in shared memory
+#define RCOLS (TILE_X + DPAD)                      // right columns needed
+#define RSTRIDE ((RCOLS + 7) & ~7)                 // right row length in shared memory (whole 8-column chunks)
+#define NL4 (XT / 4)                               // float4 left loads per channel
+#define NR4 ((XT + KT) / 4)                        // float4 right loads per channel (r[0] unused)
+#if XT == 8
+#define SWZ(j) ((j) ^ (((j) >> 3) & 4))            // j a multiple of 4: float4 index f -> f ^ ((f >> 3) & 1)
+#else
+#define SWZ(j) (j)                                 // XT = 4: lanes read consecutive float4s, no conflict
+#endif
 
 #if OUT_HALF
 typedef half_bits out_t;
-__device__ __forceinline__ void store4(half_bits* p, const float* v) {
-    uint2 w;
-    w.x = (unsigned)f32_to_f16(v[0]) | ((unsigned)f32_to_f16(v[1]) << 16);
-    w.y = (unsigned)f32_to_f16(v[2]) | ((unsigned)f32_to_f16(v[3]) << 16);
-    *reinterpret_cast<uint2*>(p) = w;
-}
 #else
 typedef float out_t;
-__device__ __forceinline__ void store4(float* p, const float* v) {
-    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-}
 #endif
 
-// four halves at an 8-byte aligned address -> float4
-__device__ __forceinline__ float4 load4(const half_bits* p) {
-    const uint2 w = *reinterpret_cast<const uint2*>(p);
-    return make_float4(f16_to_f32((half_bits)(w.x & 0xffffu)), f16_to_f32((half_bits)(w.x >> 16)),
-                       f16_to_f32((half_bits)(w.y & 0xffffu)), f16_to_f32((half_bits)(w.y >> 16)));
+// two floats -> two halves in one word (lo in the low half), each rounded to nearest even like cvt.rn.f16.f32
+__device__ __forceinline__ unsigned pack_f16x2(float lo, float hi) {
+#if __CUDA_ARCH__ >= 800
+    unsigned w;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(w) : "f"(hi), "f"(lo));  // first source -> upper half
+    return w;
+#else
+    return (unsigned)f32_to_f16(lo) | ((unsigned)f32_to_f16(hi) << 16);
+#endif
 }
 
-// one channel's operands of a thread: XT left values and 12 right values (r[0] unused) from shared memory
-__device__ __forceinline__ void load_operands(const float* left_row, const float* right_row, int lx, int jb,
-                                              float* l, float* r) {
-    const float4 lv = *reinterpret_cast<const float4*>(left_row + lx);
-    l[0] = lv.x;
-    l[1] = lv.y;
-    l[2] = lv.z;
-    l[3] = lv.w;
+// XT consecutive outputs at an aligned address (16 bytes of halves for XT = 8, 8 for XT = 4; floats in float4s)
+__device__ __forceinline__ void store_row(out_t* p, const float* v) {
+#if OUT_HALF
+    unsigned w[XT / 2];
 #pragma unroll
-    for (int q = 0; q < 3; ++q) {
-        const float4 rv = *reinterpret_cast<const float4*>(right_row + jb + 4 * q);
-        r[4 * q] = rv.x;
-        r[4 * q + 1] = rv.y;
-        r[4 * q + 2] = rv.z;
-        r[4 * q + 3] = rv.w;
-    }
+    for (int i = 0; i < XT / 2; ++i) w[i] = pack_f16x2(v[2 * i], v[2 * i + 1]);
+#if XT == 8
+    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+#else
+    *reinterpret_cast<uint2*>(p) = make_uint2(w[0], w[1]);
+#endif
+#else
+#pragma unroll
+    for (int i = 0; i < XT; i += 4) *reinterpret_cast<float4*>(p + i) = make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
+#endif
 }
 
-extern "C" __global__ void __launch_bounds__(TX * TD)
-gwc_volume(const half_bits* __restrict__ left, const half_bits* __restrict__ right, out_t* __restrict__ vol,
-           int height, int width) {
-    __shared__ __align__(16) float tile_left[GROUP_CHANNELS][TILE_X];
-    __shared__ __align__(16) float tile_right[GROUP_CHANNELS][RCOLS];
-    const int x0 = blockIdx.x * TILE_X, y = blockIdx.y, g = blockIdx.z;
-    const size_t plane = (size_t)height * width;
-    const size_t row = (size_t)g * GROUP_CHANNELS * plane + (size_t)y * width;
-    const int tid = threadIdx.y * TX + threadIdx.x;
-    const int threads = TX * TD;
-    const int rstart = x0 - DPAD;
-    const bool aligned = (width & 3) == 0;  // then rows, tiles and chunks of 4 columns are 8-byte aligned
+__device__ __forceinline__ float4 halves_to_float4(unsigned a, unsigned b) {
+    return make_float4(f16_to_f32((half_bits)(a & 0xffffu)), f16_to_f32((half_bits)(a >> 16)),
+                       f16_to_f32((half_bits)(b & 0xffffu)), f16_to_f32((half_bits)(b >> 16)));
+}
 
-    if (aligned) {
-        for (int i = tid; i < GROUP_CHANNELS * (TILE_X / 4); i += threads) {
-            const int c = i / (TILE_X / 4), q = 4 * (i - c * (TILE_X / 4)), x = x0 + q;
-            const float4 v = x < width ? load4(left + row + (size_t)c * plane + x) : make_float4(0.f, 0.f, 0.f, 0.f);
-            *reinterpret_cast<float4*>(&tile_left[c][q]) = v;
-        }
-        for (int i = tid; i < GROUP_CHANNELS * (RCOLS / 4); i += threads) {
-            const int c = i / (RCOLS / 4), q = 4 * (i - c * (RCOLS / 4)), x = rstart + q;
-            const float4 v = (x >= 0 && x < width) ? load4(right + row + (size_t)c * plane + x)
-                                                   : make_float4(0.f, 0.f, 0.f, 0.f);
-            *reinterpret_cast<float4*>(&tile_right[c][q]) = v;
-        }
-    } else {
-        for (int i = tid; i < GROUP_CHANNELS * TILE_X; i += threads) {
-            const int c = i / TILE_X, j = i - c * TILE_X, x = x0 + j;
-            tile_left[c][j] = x < width ? f16_to_f32(left[row + (size_t)c * plane + x]) : 0.0f;
-        }
-        for (int i = tid; i < GROUP_CHANNELS * RCOLS; i += threads) {
-            const int c = i / RCOLS, j = i - c * RCOLS, x = rstart + j;
-            tile_right[c][j] = (x >= 0 && x < width) ? f16_to_f32(right[row + (size_t)c * plane + x]) : 0.0f;
-        }
-    }
-    __syncthreads();
 
-    const int lx = threadIdx.x * XT;           // first local column of this thread
-    const int d0 = threadIdx.y * KT;           // first disparity of this thread
-    const int jb = lx - d0 + DPAD - KT;        // r[m] = tile_right[c][jb + m] is R at column x0+lx-d0-KT+m
-    float acc[XT][KT];
-    float l[XT], r[12];
-    load_operands(tile_left[0], tile_right[0], lx, jb, l, r);
-#pragma unroll
-    for (int i = 0; i < XT; ++i)
-#pragma unroll
-        for (int k = 0; k < KT; ++k) acc[i][k] = l[i] * r[KT + i - k];  // channel 0 starts the sum
-#pragma unroll 2
-    for (int c = 1; c < GROUP_CHANNELS; ++c) {
-        load_operands(tile_left[c], tile_right[c], lx, jb, l, r);
-#pragma unroll
-        for (int i = 0; i < XT; ++i)  // column x0+lx+i, disparity d0+k reads R at x-d: r[KT+i-k]
-#pragma unroll
-            for (int k = 0; k < KT; ++k) acc[i][k] = fmaf(l[i], r[KT + i - k], acc[i][k]);
-    }
-
-    const int xb = x0 + lx;
-    if (xb >= width) return;
-    const bool vector_store = aligned && xb + XT <= width;
+// The thread's results for row y of group g, columns [xb, xb + XT), disparities [d0, d0 + KT) (those < D):
+// +0 where x < d; one vector store per d when the row allows it. xb < width.
+__device__ __forceinline__ void store_outputs(out_t* __restrict__ vol, const float (&acc)[XT][KT], int g, int y,
+                                              int xb, int d0, int width, size_t plane) {
+    const bool vector_store = (width % (OUT_HALF ? XT : 4)) == 0 && xb + XT <= width;
 #pragma unroll
     for (int k = 0; k < KT; ++k) {
         const int d = d0 + k;
@@ -138,7 +123,7 @@ gwc_volume(const half_bits* __restrict__ left, const half_bits* __restrict__ rig
 #pragma unroll
         for (int i = 0; i < XT; ++i) v[i] = xb + i >= d ? acc[i][k] : 0.0f;
         if (vector_store) {
-            store4(out, v);
+            store_row(out, v);
         } else {
 #pragma unroll
             for (int i = 0; i < XT; ++i)
@@ -146,3 +131,272 @@ gwc_volume(const half_bits* __restrict__ left, const half_bits* __restrict__ rig
         }
     }
 }
+
+#if PIPELINED
+// ------------------------------------------------------------------------------------------ pipelined
+#define STAGE (GROUP_CHANNELS * (TILE_X + RSTRIDE))  // halves per stage: the left rows, then the right rows
+#define NR8 ((XT + KT) / 8)                          // 16-byte right loads per channel (r[0] unused)
+
+__device__ __forceinline__ unsigned shared_address(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+// 16 bytes global -> shared without passing through registers (sm_80+ cp.async), or 16 zero bytes when
+// !valid (then nothing is read)
+__device__ __forceinline__ void copy16(half_bits* dst, const half_bits* src, bool valid) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared_address(dst)), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+#else
+    *reinterpret_cast<uint4*>(dst) = valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0u, 0u, 0u, 0u);
+#endif
+}
+
+__device__ __forceinline__ void copies_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+// every copy group of this thread but the most recently committed one has landed
+__device__ __forceinline__ void copies_wait_all_but_last() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group 1;" ::: "memory");
+#endif
+}
+
+struct Item {
+    int x0, y, g;
+};
+
+__device__ __forceinline__ Item item_at(int item, int tiles_x, int height) {
+    Item it;
+    const int per_group = tiles_x * height;
+    it.g = item / per_group;
+    const int rest = item - it.g * per_group;
+    it.y = rest / tiles_x;
+    it.x0 = (rest - it.y * tiles_x) * TILE_X;
+    return it;
+}
+
+// Start fetching an item's tiles into a stage: per channel the left columns [x0, x0 + TILE_X), then the
+// right columns [x0 - DPAD, x0 - DPAD + RSTRIDE), halves, zero outside the image. 16-byte asynchronous
+// copies when W % 8 == 0 (consecutive threads take consecutive chunks of a row), else element by element
+// (synchronous). The barrier before the item's arithmetic makes either visible to the whole block.
+__device__ __forceinline__ void fetch(half_bits* stage, const half_bits* __restrict__ left,
+                                      const half_bits* __restrict__ right, Item it, int width, size_t plane,
+                                      int tid) {
+    const size_t row = (size_t)it.g * GROUP_CHANNELS * plane + (size_t)it.y * width;
+    const int rstart = it.x0 - DPAD;
+    half_bits* right_stage = stage + GROUP_CHANNELS * TILE_X;
+    if ((width & 7) == 0) {
+        constexpr int LCH = TILE_X / 8, RCH = RSTRIDE / 8, CH = LCH + RCH;
+        for (int i = tid; i < GROUP_CHANNELS * CH; i += THREADS) {
+            const int c = i / CH, q = i - c * CH;
+            const bool is_left = q < LCH;
+            const int j = 8 * (is_left ? q : q - LCH);
+            const int x = (is_left ? it.x0 : rstart) + j;
+            const half_bits* src = (is_left ? left : right) + row + (size_t)c * plane;
+            half_bits* dst = is_left ? stage + c * TILE_X + j : right_stage + c * RSTRIDE + j;
+            const bool valid = x >= 0 && x < width;
+            copy16(dst, valid ? src + x : src, valid);
+        }
+    } else {
+        for (int i = tid; i < GROUP_CHANNELS * TILE_X; i += THREADS) {
+            const int c = i / TILE_X, j = i - c * TILE_X, x = it.x0 + j;
+            stage[c * TILE_X + j] = x < width ? left[row + (size_t)c * plane + x] : (half_bits)0;
+        }
+        for (int i = tid; i < GROUP_CHANNELS * RSTRIDE; i += THREADS) {
+            const int c = i / RSTRIDE, j = i - c * RSTRIDE, x = rstart + j;
+            right_stage[c * RSTRIDE + j] = (x >= 0 && x < width) ? right[row + (size_t)c * plane + x] : (half_bits)0;
+        }
+    }
+}
+
+// 8 halves (one 16-byte word) -> 8 floats
+__device__ __forceinline__ void widen8(uint4 w, float* f) {
+    const float4 a = halves_to_float4(w.x, w.y), b = halves_to_float4(w.z, w.w);
+    f[0] = a.x;
+    f[1] = a.y;
+    f[2] = a.z;
+    f[3] = a.w;
+    f[4] = b.x;
+    f[5] = b.y;
+    f[6] = b.z;
+    f[7] = b.w;
+}
+
+// one channel's operands of a thread: XT left values and XT+KT right values (r[0] unused), widened
+__device__ __forceinline__ void load_operands(const half_bits* lrow, const half_bits* rrow, float* l, float* r) {
+    widen8(*reinterpret_cast<const uint4*>(lrow), l);
+#pragma unroll
+    for (int q = 0; q < NR8; ++q) widen8(*reinterpret_cast<const uint4*>(rrow + 8 * q), r + 8 * q);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
+gwc_volume(const half_bits* __restrict__ left, const half_bits* __restrict__ right, out_t* __restrict__ vol,
+           int groups, int height, int width) {
+    __shared__ __align__(16) half_bits stages[2][STAGE];
+    const int tiles_x = (width + TILE_X - 1) / TILE_X;
+    const int items = tiles_x * height * groups;
+    const size_t plane = (size_t)height * width;
+    const int tid = threadIdx.y * TX + threadIdx.x;
+    const int lx = threadIdx.x * XT;     // first local column of this thread
+    const int d0 = threadIdx.y * KT;     // first disparity of this thread
+    const int jb = lx - d0 + DPAD - KT;  // r[m] = right stage column jb + m = R at column x0+lx-d0-KT+m
+
+    int item = blockIdx.x;
+    if (item >= items) return;
+    fetch(stages[0], left, right, item_at(item, tiles_x, height), width, plane, tid);
+    copies_commit();
+    for (int s = 0; item < items; s ^= 1, item += gridDim.x) {
+        const int next = item + gridDim.x;
+        if (next < items) fetch(stages[s ^ 1], left, right, item_at(next, tiles_x, height), width, plane, tid);
+        copies_commit();  // (an empty group when there is no next item)
+        copies_wait_all_but_last();
+        __syncthreads();  // this item's stage is complete for every thread
+
+        const half_bits* lrow = stages[s] + lx;
+        const half_bits* rrow = stages[s] + GROUP_CHANNELS * TILE_X + jb;
+        float acc[XT][KT];
+        float l[XT], r[XT + KT];
+        load_operands(lrow, rrow, l, r);
+#pragma unroll
+        for (int i = 0; i < XT; ++i)
+#pragma unroll
+            for (int k = 0; k < KT; ++k) acc[i][k] = l[i] * r[KT + i - k];  // channel 0 starts the sum
+#pragma unroll 2
+        for (int c = 1; c < GROUP_CHANNELS; ++c) {
+            load_operands(lrow + c * TILE_X, rrow + c * RSTRIDE, l, r);
+#pragma unroll
+            for (int i = 0; i < XT; ++i)  // column x0+lx+i, disparity d0+k reads R at x-d: r[KT+i-k]
+#pragma unroll
+                for (int k = 0; k < KT; ++k) acc[i][k] = fmaf(l[i], r[KT + i - k], acc[i][k]);
+        }
+        const Item it = item_at(item, tiles_x, height);
+        const int xb = it.x0 + lx;
+        if (xb < width) store_outputs(vol, acc, it.g, it.y, xb, d0, width, plane);
+        __syncthreads();  // every thread is done with stages[s] before the next iteration refills it
+    }
+}
+
+#else
+// ---------------------------------------------------------------------------------------------- tiled
+// 8 halves (one 16-byte word) -> 8 floats at columns [j, j + 8) of a swizzled shared row, j % 8 == 0
+__device__ __forceinline__ void put8(float* row, int j, uint4 w) {
+    *reinterpret_cast<float4*>(row + SWZ(j)) = halves_to_float4(w.x, w.y);
+    *reinterpret_cast<float4*>(row + SWZ(j + 4)) = halves_to_float4(w.z, w.w);
+}
+
+// Fill COUNT_PER_ROW 8-column chunks of GROUP_CHANNELS rows from global columns [start, start + 8*count):
+// chunks wholly outside [0, width) are zero. W % 8 == 0, start % 8 == 0. Four 16-byte loads in flight.
+template <int CHUNKS>
+__device__ __forceinline__ void fill_tile8(float* tile, int stride, const half_bits* src, size_t plane, int start,
+                                           int width, int tid) {
+    constexpr int TOTAL = GROUP_CHANNELS * CHUNKS;
+    constexpr int UNROLL = 4;
+    for (int base = tid; base < TOTAL; base += UNROLL * THREADS) {
+        uint4 w[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int i = base + u * THREADS;
+            const int c = i / CHUNKS, x = start + 8 * (i - c * CHUNKS);
+            w[u] = (i < TOTAL && x >= 0 && x < width)
+                       ? __ldg(reinterpret_cast<const uint4*>(src + (size_t)c * plane + x))
+                       : make_uint4(0u, 0u, 0u, 0u);
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int i = base + u * THREADS;
+            if (i < TOTAL) {
+                const int c = i / CHUNKS;
+                put8(tile + c * stride, 8 * (i - c * CHUNKS), w[u]);
+            }
+        }
+    }
+}
+
+// Any width: scalar loads, zero outside [0, width)
+__device__ __forceinline__ void fill_tile1(float* tile, int stride, int cols, const half_bits* src, size_t plane,
+                                           int start, int width, int tid) {
+    for (int i = tid; i < GROUP_CHANNELS * cols; i += THREADS) {
+        const int c = i / cols, j = i - c * cols, x = start + j;
+        // swizzle moves whole float4s: element j lands at SWZ(j & ~3) + (j & 3)
+        const float v = (x >= 0 && x < width) ? f16_to_f32(src[(size_t)c * plane + x]) : 0.0f;
+        tile[c * stride + SWZ(j & ~3) + (j & 3)] = v;
+    }
+}
+
+// one channel's operands of a thread: XT left values and XT+KT right values (r[0] unused) from shared memory
+__device__ __forceinline__ void load_operands(const float* lrow, const float* rrow, const int* lo, const int* ro,
+                                              float* l, float* r) {
+#pragma unroll
+    for (int q = 0; q < NL4; ++q) {
+        const float4 v = *reinterpret_cast<const float4*>(lrow + lo[q]);
+        l[4 * q] = v.x;
+        l[4 * q + 1] = v.y;
+        l[4 * q + 2] = v.z;
+        l[4 * q + 3] = v.w;
+    }
+#pragma unroll
+    for (int q = 0; q < NR4; ++q) {
+        const float4 v = *reinterpret_cast<const float4*>(rrow + ro[q]);
+        r[4 * q] = v.x;
+        r[4 * q + 1] = v.y;
+        r[4 * q + 2] = v.z;
+        r[4 * q + 3] = v.w;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
+gwc_volume(const half_bits* __restrict__ left, const half_bits* __restrict__ right, out_t* __restrict__ vol,
+           int groups, int height, int width) {
+    __shared__ __align__(16) float tile_left[GROUP_CHANNELS * TILE_X];
+    __shared__ __align__(16) float tile_right[GROUP_CHANNELS * RSTRIDE];
+    const int x0 = blockIdx.x * TILE_X, y = blockIdx.y, g = blockIdx.z;
+    const size_t plane = (size_t)height * width;
+    const size_t row = (size_t)g * GROUP_CHANNELS * plane + (size_t)y * width;
+    const int tid = threadIdx.y * TX + threadIdx.x;
+    const int rstart = x0 - DPAD;
+
+    if ((width & 7) == 0 && DPAD % 8 == 0) {  // rows, tiles and chunks of 8 columns are 16-byte aligned
+        fill_tile8<TILE_X / 8>(tile_left, TILE_X, left + row, plane, x0, width, tid);
+        fill_tile8<RSTRIDE / 8>(tile_right, RSTRIDE, right + row, plane, rstart, width, tid);
+    } else {
+        fill_tile1(tile_left, TILE_X, TILE_X, left + row, plane, x0, width, tid);
+        fill_tile1(tile_right, RSTRIDE, RCOLS, right + row, plane, rstart, width, tid);
+    }
+    __syncthreads();
+
+    const int lx = threadIdx.x * XT;     // first local column of this thread
+    const int d0 = threadIdx.y * KT;     // first disparity of this thread
+    const int jb = lx - d0 + DPAD - KT;  // r[m] = right tile column jb + m = R at column x0+lx-d0-KT+m
+    int lo[NL4], ro[NR4];
+#pragma unroll
+    for (int q = 0; q < NL4; ++q) lo[q] = SWZ(lx + 4 * q);
+#pragma unroll
+    for (int q = 0; q < NR4; ++q) ro[q] = SWZ(jb + 4 * q);
+
+    float acc[XT][KT];
+    float l[XT], r[XT + KT];
+    load_operands(tile_left, tile_right, lo, ro, l, r);
+#pragma unroll
+    for (int i = 0; i < XT; ++i)
+#pragma unroll
+        for (int k = 0; k < KT; ++k) acc[i][k] = l[i] * r[KT + i - k];  // channel 0 starts the sum
+#pragma unroll 2
+    for (int c = 1; c < GROUP_CHANNELS; ++c) {
+        load_operands(tile_left + c * TILE_X, tile_right + c * RSTRIDE, lo, ro, l, r);
+#pragma unroll
+        for (int i = 0; i < XT; ++i)  // column x0+lx+i, disparity d0+k reads R at x-d: r[KT+i-k]
+#pragma unroll
+            for (int k = 0; k < KT; ++k) acc[i][k] = fmaf(l[i], r[KT + i - k], acc[i][k]);
+    }
+
+    const int xb = x0 + lx;
+    if (xb < width) store_outputs(vol, acc, g, y, xb, d0, width, plane);
+}
+#endif  // PIPELINED

@@ -64,19 +64,32 @@ def test_group_norm_kernel_is_bit_identical_to_numpy(stream, in_dtype):
 
 
 # ---------------------------------------------------------------------------------------- GWC volume
+# widths: odd (element-wise tile loads, scalar stores), a multiple of 4 only, one 480x640 row (one tile,
+# 16-byte copies), three tiles per row; the pipelined kernel also with a few blocks that each loop over
+# many items (both shared-memory stages reused), and the tiled variant with both register blocks
+GWC_VARIANTS = {"pipelined": {}, "pipelined, 3 blocks": {"max_blocks": 3},
+                "tiled 8x16": {"pipelined": False}, "tiled 4x8": {"pipelined": False, "xt": 4, "kt": 8}}
+
+
 @pytest.mark.parametrize("out_dtype", [np.float16, np.float32])
-@pytest.mark.parametrize("group_channels,disparities,h,w", [(28, 48, 13, 75), (28, 48, 5, 20), (8, 12, 7, 33)])
-def test_gwc_kernel_is_bit_identical_to_numpy(stream, out_dtype, group_channels, disparities, h, w):
-    rng = np.random.default_rng(group_channels * w)
+@pytest.mark.parametrize("group_channels,disparities,h,w,variant", [
+    (28, 48, 13, 75, "pipelined"), (28, 48, 13, 75, "pipelined, 3 blocks"), (28, 48, 5, 20, "pipelined"),
+    (8, 12, 7, 33, "pipelined"), (28, 48, 4, 160, "pipelined"), (28, 48, 4, 160, "pipelined, 3 blocks"),
+    (28, 48, 3, 400, "pipelined, 3 blocks"), (28, 48, 3, 160, "tiled 8x16"), (28, 48, 3, 75, "tiled 4x8"),
+    (8, 12, 7, 33, "tiled 8x16")])
+def test_gwc_kernel_is_bit_identical_to_numpy(stream, out_dtype, group_channels, disparities, h, w, variant):
+    rng = np.random.default_rng(group_channels * w + h)
     groups = 8
     channels = groups * group_channels
     left = gwc.normalize_groups(rng.standard_normal((1, channels, h, w)).astype(np.float32), groups)
     right = gwc.normalize_groups(rng.standard_normal((1, channels, h, w)).astype(np.float32), groups)
     volume = poisoned((1, groups, disparities, h, w), out_dtype, stream)
-    launch = kernels.GwcKernel(group_channels, disparities, out_dtype).prepare(upload(left), upload(right), volume,
-                                                                               groups, h, w)
-    got = run(launch, stream, volume)
-    assert bits_equal(got, gwc.gwc_volume(left, right, groups, disparities, out_dtype))
+    kernel = kernels.GwcKernel(group_channels, disparities, out_dtype, **GWC_VARIANTS[variant])
+    launch = kernel.prepare(upload(left), upload(right), volume, groups, h, w)
+    for _ in range(2):  # a second launch over the same stages must give the same bits
+        got = run(launch, stream, volume)
+        assert bits_equal(got, gwc.gwc_volume(left, right, groups, disparities, out_dtype))
+        volume.fill_nan_async(stream)
 
 
 # ---------------------------------------------------------------------------------------- preprocess

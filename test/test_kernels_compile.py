@@ -1,4 +1,6 @@
 """Every CUDA kernel compiles with NVRTC for Jetson Orin (compute_87) and Hopper (compute_90); no GPU needed."""
+import re
+
 import numpy as np
 import pytest
 
@@ -12,9 +14,11 @@ VARIANTS = [
     ("preprocess.cu", {"OUT_HALF": 0}), ("preprocess.cu", {"OUT_HALF": 1}),
     ("group_norm.cu", {"GROUP_CHANNELS": 28, "IN_HALF": 0, "NORM_EPS": kernels.norm_eps_literal()}),
     ("group_norm.cu", {"GROUP_CHANNELS": 28, "IN_HALF": 1, "NORM_EPS": kernels.norm_eps_literal()}),
-    ("gwc.cu", {"GROUP_CHANNELS": 28, "DISPARITIES": 48, "OUT_HALF": 1}),
-    ("gwc.cu", {"GROUP_CHANNELS": 28, "DISPARITIES": 48, "OUT_HALF": 0}),
-    ("gwc.cu", {"GROUP_CHANNELS": 40, "DISPARITIES": 104, "OUT_HALF": 1}),
+    ("gwc.cu", kernels.GwcKernel(28, 48, np.float16).defines(160)),  # a 480x640 frame's 1/4 row: one tile
+    ("gwc.cu", kernels.GwcKernel(28, 48, np.float32).defines(160)),
+    ("gwc.cu", kernels.GwcKernel(40, 104, np.float16).defines(88)),
+    ("gwc.cu", kernels.GwcKernel(28, 48, np.float16, pipelined=False).defines(160)),  # the tiled variant
+    ("gwc.cu", kernels.GwcKernel(28, 48, np.float16, xt=4, kt=8, pipelined=False).defines(64)),
     ("glue.cu", {"IN_HALF": 0}), ("glue.cu", {"IN_HALF": 1}),
     ("depth_points.cu", None),
 ]
@@ -83,3 +87,39 @@ def test_compile_error_names_the_call_and_shows_the_log():
 def test_norm_eps_literal_is_the_float32_reference_eps():
     literal = kernels.norm_eps_literal()
     assert literal.endswith("f") and np.float32(float(literal[:-1])) == np.float32(1e-12)
+
+
+def test_pipelined_gwc_copies_tiles_asynchronously():
+    """The default GWC kernel fetches the next tile with cp.async (sm_80+), in two shared-memory stages."""
+    _nvrtc_usable()
+    ptx = kernels.compile_ptx("gwc.cu", "compute_90", VARIANTS[4][1])
+    assert "cp.async.cg.shared.global" in ptx and "cp.async.wait_group 1" in ptx
+    assert kernels.GwcKernel(28, 48, np.float16).pipelined
+    with pytest.raises(ValueError, match="xt = 8"):
+        kernels.GwcKernel(28, 48, np.float16, xt=4, kt=8, pipelined=True)
+
+
+def test_gwc_tiles_fit_static_shared_memory_and_cover_the_row():
+    """A 160-column row (480x640 frame) is one tile; wider rows split into equal tiles that each fit 48 KB."""
+    gwc = kernels.GwcKernel(28, 48, np.float16)
+    assert gwc.tile_for(160) == 160 and gwc.shared_bytes(160) <= kernels.STATIC_SHARED_LIMIT
+    for width in (8, 20, 33, 75, 160, 200, 320, 480, 1000):
+        tile = gwc.tile_for(width)
+        assert tile % 8 == 0 and tile <= gwc.max_tile and gwc.shared_bytes(tile) <= kernels.STATIC_SHARED_LIMIT
+        tiles = -(-width // tile)
+        assert tiles * tile >= width and (tiles - 1) * tile < width
+    assert gwc.shared_bytes(gwc.max_tile + 8) > kernels.STATIC_SHARED_LIMIT
+    with pytest.raises(Exception, match="shared memory"):
+        kernels.GwcKernel(200, 48, np.float16)
+
+
+def test_gwc_kernel_shared_memory_is_what_the_host_computes():
+    """ptxas' own count of the static shared memory equals GwcKernel.shared_bytes (the host's tile choice)."""
+    _nvrtc_usable()
+    cases = ((kernels.GwcKernel(28, 48, np.float16), 160), (kernels.GwcKernel(40, 104, np.float16), 88),
+             (kernels.GwcKernel(8, 12, np.float32), 40), (kernels.GwcKernel(28, 48, np.float16, pipelined=False), 160),
+             (kernels.GwcKernel(28, 48, np.float16, xt=4, kt=8, pipelined=False), 72))
+    for gwc, tile in cases:
+        ptx = kernels.compile_ptx("gwc.cu", "compute_90", gwc.defines(tile))
+        declared = sum(int(n) for n in re.findall(r"\.shared \.align \d+ \.b8 \S+\[(\d+)\]", ptx))
+        assert declared == gwc.shared_bytes(tile)

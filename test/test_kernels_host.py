@@ -35,10 +35,10 @@ def test_kernel_resize_arithmetic_is_cv2_inter_linear(src, dst):
 
 def test_launch_argument_count_is_checked():
     kernel = kernels.Kernel("gwc_volume", handle=None)
-    with pytest.raises(kernels.CudaError, match="takes 5 arguments"):
+    with pytest.raises(kernels.CudaError, match="takes 6 arguments"):
         kernel.prepare((1,), (1,), (0, 0, 0))
-    launch = kernel.prepare((3, 2), (32, 8), (1, 2, 3, 4.0, 5))
-    assert launch.grid == (3, 2, 1) and launch.block == (32, 8, 1) and launch.args == (1, 2, 3, 4, 5)
+    launch = kernel.prepare((3, 2), (32, 8), (1, 2, 3, 4.0, 5, 6))
+    assert launch.grid == (3, 2, 1) and launch.block == (32, 8, 1) and launch.args == (1, 2, 3, 4, 5, 6)
 
 
 def test_f32_arguments_are_rounded_like_numpy():
