@@ -212,6 +212,15 @@ class _Buffer:
         if self._finalizer is not None:
             self._finalizer()
 
+    def free_with(self, owner) -> None:
+        """Hand the memory's lifetime over to `owner` (e.g. the array a caller still holds): it is freed
+        when `owner` is collected, not by close(). This object counts as closed from now on."""
+        detached = self._finalizer.detach() if self._finalizer is not None else None
+        self._finalizer = None
+        if detached is not None:
+            _, free, args, _ = detached
+            weakref.finalize(owner, free, *args)
+
     def __enter__(self):
         return self
 
@@ -370,6 +379,18 @@ class Event:
 
     def close(self) -> None:
         self._finalizer()
+
+
+def elapsed_times(events) -> list[float]:
+    """Milliseconds between consecutive events (all recorded and complete): [e0->e1, e1->e2, ...]."""
+    call, ok = driver.cuEventElapsedTime, driver.CUresult.CUDA_SUCCESS
+    times = []
+    for start, end in zip(events, events[1:]):
+        status, ms = call(start.handle, end.handle)
+        if status != ok:
+            raise CudaError(f"cuEventElapsedTime failed: {_driver_error_text(status)}")
+        times.append(float(ms))
+    return times
 
 
 class CudaGraph:

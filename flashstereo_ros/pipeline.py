@@ -1,7 +1,8 @@
 """The GPU-resident pipeline: two uint8 images in, one disparity out, everything between on the device.
 
 Per frame, on one CUDA stream (DESIGN.md, "Data flow"):
-  host images -> pinned staging -> one H2D per image (uint8, camera size)
+  host images -> pinned staging -> one H2D per image (uint8, camera size); large images are staged by
+                                    two threads at once (the right one on a helper thread)
   preprocess kernel -> feature engine input          (resize when the camera size != engine size)
   feature runner    -> persistent feature buffers
   group_norm kernel -> normalised 1/4 features (half)
@@ -10,14 +11,21 @@ Per frame, on one CUDA stream (DESIGN.md, "Data flow"):
   resize_disparity  -> camera-size disparity, value-scaled, minus the principal-point offset
   [depth_image, point_cloud kernels only when asked]
   D2H of the disparity (and depth/points when asked) into pinned memory; one synchronisation.
-Every stage boundary is a CUDA event. With use_cuda_graph=True the whole sequence is captured once per
-camera setup (after a warm-up frame) and replayed. Buffers are allocated at load and when the camera
-setup changes, never per frame.
+Every stage boundary is a CUDA event; the stage times are read from them when `timings` is first read
+after a frame. With use_cuda_graph=True the device work between the uploads and the downloads is
+captured once per camera setup (after a warm-up frame) and replayed. Buffers are allocated at load and
+when the camera setup changes, never per frame.
+
+The disparity is downloaded into one of a few pinned host arrays and returned as it is, without a host
+copy: an array is reused for a later frame only once nothing outside the pipeline references it or any
+view of it, so the caller owns what it was given for as long as it keeps it (also past close()). A
+caller that keeps every output gets copies once those arrays are all held.
 """
 from __future__ import annotations
 
 import dataclasses
 import gc
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -64,6 +72,117 @@ class FramePlan:
     points_stride: int
 
 
+OUTPUT_SLOTS = 4  # pinned disparity arrays a pipeline hands out before it falls back to copies
+PARALLEL_STAGING_BYTES = 1 << 18  # from this image size on, a helper thread stages the right image
+
+
+class _Stager:
+    """A helper thread that copies the right image into pinned staging memory while the calling thread
+    copies the left one: numpy releases the GIL while it copies, so both copies run at once. Two locks
+    used as binary semaphores hand the job over (cheaper than Events)."""
+
+    def __init__(self):
+        self._go, self._done = threading.Lock(), threading.Lock()
+        self._go.acquire()
+        self._done.acquire()
+        self._job: tuple | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="flashstereo-staging", daemon=True)
+        self._thread.start()
+
+    def start(self, dst: np.ndarray, src: np.ndarray) -> None:
+        self._job = (dst, src)
+        self._go.release()
+
+    def wait(self) -> None:
+        self._done.acquire()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        self._job = None
+        self._go.release()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            self._go.acquire()
+            job = self._job
+            if job is None:
+                return
+            try:
+                np.copyto(*job)
+            except BaseException as exc:  # handed to the caller by wait()
+                self._error = exc
+            finally:
+                self._done.release()
+
+
+class _HostSlot:
+    """A pinned host array that a frame's disparity is downloaded into and returned as.
+
+    `in_use()` is true while anything besides this slot references the array, or the numpy array that
+    every view of it names as its base (numpy collapses a view's base to that one): the caller's output
+    or any slice, transpose or memoryview of it."""
+
+    def __init__(self, buf: cuda.PinnedBuffer):
+        self.buf = buf
+        self.array = buf.array
+        self._owner = self.array.base if isinstance(self.array.base, np.ndarray) else self.array
+        self._idle = self._counts()
+
+    def _counts(self) -> tuple[int, int]:
+        return sys.getrefcount(self.array), sys.getrefcount(self._owner)
+
+    def in_use(self) -> bool:
+        return self._counts() != self._idle
+
+    def release(self, pipe: "FlashStereoPipeline") -> None:
+        """Free the memory now, or, while the caller still holds the array, once it lets go of it."""
+        if self.in_use():
+            pipe._disown(self.buf)
+            self.buf.free_with(self._owner)
+        else:
+            pipe._forget(self.buf)
+
+
+class _OutputRing:
+    """Up to OUTPUT_SLOTS pinned arrays for the disparity, handed to the caller without a host copy; when
+    all are still held, a pinned staging buffer and a copy (allocated on first need)."""
+
+    def __init__(self, pipe: "FlashStereoPipeline", shape, dtype):
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.slots: list[_HostSlot] = []
+        self.staging: cuda.PinnedBuffer | None = None
+
+    def acquire(self, pipe: "FlashStereoPipeline") -> _HostSlot | None:
+        """A free slot (a new one while fewer than OUTPUT_SLOTS exist), or None: copy out of `staging`."""
+        for slot in self.slots:
+            if not slot.in_use():
+                return slot
+        if len(self.slots) < OUTPUT_SLOTS:
+            slot = _HostSlot(pipe._pinned(self.shape, self.dtype))
+            self.slots.append(slot)
+            return slot
+        if self.staging is None:
+            self.staging = pipe._pinned(self.shape, self.dtype)
+        return None
+
+    def held(self, buf) -> bool:
+        """True for a slot's buffer that the caller still holds (poison() must leave it alone)."""
+        return any(slot.buf is buf and slot.in_use() for slot in self.slots)
+
+    def buffers(self) -> list:
+        return [slot.buf for slot in self.slots] + ([self.staging] if self.staging is not None else [])
+
+    def release(self, pipe: "FlashStereoPipeline") -> None:
+        for slot in self.slots:
+            slot.release(pipe)
+        pipe._forget(self.staging)
+        self.slots, self.staging = [], None
+
+
 class _CameraBuffers:
     """Buffers that depend on the camera size and encodings: staging, device images, outputs."""
 
@@ -72,6 +191,7 @@ class _CameraBuffers:
         h, w = size
         self.channels = tuple(images.ENCODINGS[e][0] for e in encodings)
         self.stage = tuple(pipe._pinned((h, w, c), np.uint8) for c in self.channels)
+        self.stage_arrays = tuple(buf.array for buf in self.stage)
         self.image = tuple(pipe._device((h, w, c), np.uint8) for c in self.channels)
         self.steps = tuple(w * c for c in self.channels)
         engine = pipe.input_size
@@ -82,7 +202,7 @@ class _CameraBuffers:
         else:
             self.image_tables = self.disp_tables = (0, 0)
         self.disparity = pipe._device((h, w), np.float32)
-        self.disparity_host = pipe._pinned((h, w), np.float32)
+        self.outputs = _OutputRing(pipe, (h, w), np.float32)
         self.depth = self.depth_host = self.points = self.points_host = None
         self.points_stride = None
 
@@ -99,9 +219,12 @@ class _CameraBuffers:
             self.points_host = pipe._pinned(shape, np.float32)
             self.points_stride = plan.points_stride
 
-    def buffers(self):
-        return [b for b in (*self.stage, *self.image, self.disparity, self.disparity_host, self.depth,
-                            self.depth_host, self.points, self.points_host) if b is not None]
+    def release(self, pipe: "FlashStereoPipeline") -> None:
+        """Free every buffer (disparity arrays the caller still holds live on until it drops them)."""
+        self.outputs.release(pipe)
+        for buf in (*self.stage, *self.image, self.disparity, self.depth, self.depth_host, self.points,
+                    self.points_host, *(t for t in (*self.image_tables, *self.disp_tables) if t)):
+            pipe._forget(buf)
 
 
 @dataclasses.dataclass
@@ -140,16 +263,17 @@ class FlashStereoPipeline:
             self._bind()
             self._build_kernels()
             self._events = [cuda.Event(device_id) for _ in range(len(STAGES) + 1)]
-            self._outer = (cuda.Event(device_id), cuda.Event(device_id))  # around a graph launch
             self._camera: _CameraBuffers | None = None
             self._plan: FramePlan | None = None
+            self._plan_key: tuple | None = None  # the process() arguments self._plan was made from
             self._launches: _Launches | None = None
-            self.timings: dict[str, float] = {}
+            self._timings: dict[str, float] = {}
+            self._timings_pending = False  # a frame's events are recorded but not read yet
             self._traffic = Traffic()
             self.graph_mode = self._graph_mode() if use_cuda_graph else None
             self._graph = None
             self._graph_plan: FramePlan | None = None
-            self._graph_traffic: Traffic | None = None
+            self._stager: _Stager | None = None
             self._ctx.synchronize()  # weights the runners uploaded on other streams are in place
         except Exception:
             self.close()
@@ -169,10 +293,14 @@ class FlashStereoPipeline:
     def _forget(self, buf) -> None:
         if buf is None:
             return
+        self._disown(buf)
+        buf.close()
+
+    def _disown(self, buf) -> None:
+        """Stop accounting for a buffer without freeing it (a disparity array the caller still holds)."""
         for pool in (self._device_buffers, self._pinned_buffers):
             if any(b is buf for b in pool):
                 pool[:] = [b for b in pool if b is not buf]
-        buf.close()
 
     def _table(self, src: int, dst: int) -> cuda.DeviceBuffer:
         table = kernels.linear_resize_table(src, dst)
@@ -269,22 +397,43 @@ class FlashStereoPipeline:
                 points_stride: int = 1) -> StereoOutput:
         """One frame: disparity (published convention when camera is given), and depth/points on request."""
         left, right, enc_left, enc_right = images.check_pair(left, right, encoding, right_encoding)
-        size = tuple(left.shape[:2])
-        images.check_size(size, self.input_size, self.resize)
-        plan = make_plan(size, (enc_left, enc_right), camera, limits, want_depth, want_points, points_stride)
+        key = (left.shape[:2], enc_left, enc_right, camera, limits, want_depth, want_points, points_stride,
+               self.resize)
         with self._lock:
             self._check_open()
             self._ctx.make_current()
-            cam = self._camera_for(plan)
-            np.copyto(cam.stage[0].array, left)
-            np.copyto(cam.stage[1].array, right)
-            if self.graph_mode is None:
-                self._traffic = self._issue(plan, capturing=False)
-                self.stream.synchronize()
-                self._read_timings(graph=False)
+            if key == self._plan_key:  # the common case: the same camera setup and options as the last frame
+                plan, cam = self._plan, self._camera
             else:
-                self._run_graph(plan)
-            return self._outputs(plan, cam)
+                self._plan_key = None
+                plan = self._plan_for(key)
+                cam = self._camera_for(plan)
+                self._plan_key = key
+            graph = self._graph if self._graph_plan is plan else None
+            if graph is None and self.graph_mode is not None:
+                self._drop_graph()  # a new camera setup: this frame runs eagerly, then is captured
+            slot = cam.outputs.acquire(self)
+            traffic = self._issue_inputs(cam, left, right)
+            if graph is not None:
+                graph.launch(self.stream)
+            else:
+                self._issue_body(plan, capturing=False)
+            self._issue_outputs(plan, cam, slot, traffic)
+            self._timings_pending = True
+            self._traffic = traffic
+            self.stream.synchronize()
+            if graph is None and self.graph_mode is not None:
+                self._capture(plan)
+            return self._outputs(plan, cam, slot)
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Per-stage milliseconds of the last frame (from its CUDA events, read on first access), + total."""
+        with self._lock:
+            if self._timings_pending and not self._closed:
+                self._timings = self._read_timings()
+                self._timings_pending = False
+            return self._timings
 
     def intermediates(self) -> dict[str, np.ndarray]:
         """Host copies of the last frame's device tensors (tests and debugging; blocking, not counted as traffic)."""
@@ -313,7 +462,7 @@ class FlashStereoPipeline:
                 if buf.dtype in cuda.NAN_BITS and not self._is_table(buf):
                     buf.fill_nan_async(self.stream)
             for buf in self._pinned_buffers:
-                if buf.dtype.kind == "f":
+                if buf.dtype.kind == "f" and not self._held_by_caller(buf):
                     buf.array.fill(np.nan)
             self.stream.synchronize()
 
@@ -341,11 +490,16 @@ class FlashStereoPipeline:
                 self._graph = None
             if hasattr(self, "engines"):
                 self.engines.close()
+            if getattr(self, "_camera", None) is not None:
+                self._camera.outputs.release(self)  # disparity arrays the caller holds stay valid
             for buf in self._device_buffers + self._pinned_buffers:
                 buf.close()
             self._device_buffers, self._pinned_buffers = [], []
-            for event in getattr(self, "_events", []) + list(getattr(self, "_outer", ())):
+            for event in getattr(self, "_events", []):
                 event.close()
+            if getattr(self, "_stager", None) is not None:
+                self._stager.close()
+                self._stager = None
             self.stream.close()
 
     def __enter__(self):
@@ -363,20 +517,34 @@ class FlashStereoPipeline:
         cam = self._camera
         return cam is not None and any(buf is t for t in (*cam.image_tables, *cam.disp_tables))
 
+    def _held_by_caller(self, buf) -> bool:
+        cam = self._camera
+        return cam is not None and cam.outputs.held(buf)
+
+    def _plan_for(self, key: tuple) -> FramePlan:
+        """The plan of a frame whose process() arguments differ from the last frame's (validated here)."""
+        size, enc_left, enc_right, camera, limits, want_depth, want_points, points_stride, _ = key
+        size = tuple(size)
+        images.check_size(size, self.input_size, self.resize)
+        plan = make_plan(size, (enc_left, enc_right), camera, limits, want_depth, want_points, points_stride)
+        if plan == self._plan:
+            plan = self._plan  # same plan, other spelling: keep the object (and the graph captured for it)
+        return plan
+
     def _camera_for(self, plan: FramePlan) -> _CameraBuffers:
         cam = self._camera
+        if plan is self._plan:
+            return cam
         if cam is None or cam.size != plan.size or cam.channels != tuple(images.ENCODINGS[e][0] for e in plan.encodings):
             self._drop_graph()
             if cam is not None:
                 self.stream.synchronize()
-                for buf in cam.buffers() + [t for t in (*cam.image_tables, *cam.disp_tables) if t]:
-                    self._forget(buf)
+                cam.release(self)
             cam = self._camera = _CameraBuffers(self, plan.size, plan.encodings)
             self._plan = None
-        if plan != self._plan:
-            cam.outputs_for(self, plan)
-            self._launches = self._prepare(plan, cam)
-            self._plan = plan
+        cam.outputs_for(self, plan)
+        self._launches = self._prepare(plan, cam)
+        self._plan = plan
         return cam
 
     def _prepare(self, plan: FramePlan, cam: _CameraBuffers) -> _Launches:
@@ -410,13 +578,30 @@ class FlashStereoPipeline:
     def _camera_disparity(self, cam: _CameraBuffers, disparity_launch) -> cuda.DeviceBuffer:
         return self.disparity if disparity_launch is None else cam.disparity
 
-    def _issue(self, plan: FramePlan, capturing: bool) -> Traffic:
-        """Enqueue one frame on the stream (eagerly, or into a graph capture). No host synchronisation."""
-        s, ev, cam, run = self.stream, self._events, self._camera, self._launches
+    def _issue_inputs(self, cam: _CameraBuffers, left: np.ndarray, right: np.ndarray) -> Traffic:
+        """Stage the images in pinned memory (the right one on a helper thread while this one stages the
+        left) and upload them. Always eager (a graph starts after the uploads)."""
+        s, ev = self.stream, self._events
         traffic = Traffic()
-        ev[0].record(s, capturing)
-        for i in range(2):
-            traffic.add_h2d(cam.image[i].copy_from_host_async(cam.stage[i], s))
+        stager = None
+        if right.nbytes >= PARALLEL_STAGING_BYTES:
+            stager = self._stager = self._stager or _Stager()
+            stager.start(cam.stage_arrays[1], right)
+        try:
+            np.copyto(cam.stage_arrays[0], left)
+            ev[0].record(s)
+            traffic.add_h2d(cam.image[0].copy_from_host_async(cam.stage[0], s))
+        finally:
+            if stager is not None:
+                stager.wait()
+        if stager is None:
+            np.copyto(cam.stage_arrays[1], right)
+        traffic.add_h2d(cam.image[1].copy_from_host_async(cam.stage[1], s))
+        return traffic
+
+    def _issue_body(self, plan: FramePlan, capturing: bool) -> None:
+        """Enqueue the device work between the uploads and the downloads (eagerly, or into a graph capture)."""
+        s, ev, run = self.stream, self._events, self._launches
         ev[1].record(s, capturing)
         for launch in run.preprocess:
             launch.run(s)
@@ -439,32 +624,33 @@ class FlashStereoPipeline:
         if run.points is not None:
             run.points.run(s)
         ev[8].record(s, capturing)
-        source = self._camera_disparity(cam, run.disparity)
-        traffic.add_d2h(source.copy_to_host_async(cam.disparity_host, s, cam.disparity_host.nbytes))
+
+    def _issue_outputs(self, plan: FramePlan, cam: _CameraBuffers, slot: _HostSlot | None, traffic: Traffic) -> None:
+        """The frame's downloads (always eager: the disparity's pinned destination changes per frame)."""
+        s = self.stream
+        source = self._camera_disparity(cam, self._launches.disparity)
+        host = slot.buf if slot is not None else cam.outputs.staging
+        traffic.add_d2h(source.copy_to_host_async(host, s, host.nbytes))
         if plan.want_depth:
             traffic.add_d2h(cam.depth.copy_to_host_async(cam.depth_host, s))
         if plan.want_points:
             traffic.add_d2h(cam.points.copy_to_host_async(cam.points_host, s))
-        ev[9].record(s, capturing)
-        return traffic
+        self._events[9].record(s)
 
-    def _read_timings(self, graph: bool) -> None:
+    def _read_timings(self) -> dict[str, float]:
         ev = self._events
-        timings: dict[str, float] = {}
         try:
-            for i, stage in enumerate(STAGES):
-                timings[stage] = ev[i].elapsed_ms(ev[i + 1])
-            timings["total"] = ev[0].elapsed_ms(ev[-1])
+            times = cuda.elapsed_times(ev)
+            timings = dict(zip(STAGES, times))
         except cuda.CudaError:
-            if not graph:
+            if self.graph_mode is None:
                 raise
-            timings = {}  # events inside a replayed graph could not be read: keep the launch's total
-        if graph:
-            timings["total"] = self._outer[0].elapsed_ms(self._outer[1])
-        self.timings = timings
+            timings = {}  # events inside a replayed graph could not be read: keep the frame's total
+        timings["total"] = ev[0].elapsed_ms(ev[-1])
+        return timings
 
-    def _outputs(self, plan: FramePlan, cam: _CameraBuffers) -> StereoOutput:
-        out = StereoOutput(cam.disparity_host.array.copy())
+    def _outputs(self, plan: FramePlan, cam: _CameraBuffers, slot: _HostSlot | None) -> StereoOutput:
+        out = StereoOutput(slot.array if slot is not None else cam.outputs.staging.array.copy())
         if plan.want_depth:
             out.depth = cam.depth_host.array.copy()
         if plan.want_points:
@@ -472,33 +658,19 @@ class FlashStereoPipeline:
         return out
 
     # ------------------------------------------------------------------------------------- graphs
-    def _run_graph(self, plan: FramePlan) -> None:
-        if self._graph is None or self._graph_plan != plan:
-            self._drop_graph()
-            self._traffic = self._issue(plan, capturing=False)  # the warm-up frame is this frame
-            self.stream.synchronize()
-            self._read_timings(graph=False)
-            self._capture(plan, self._traffic)
-            return
-        self._outer[0].record(self.stream)
-        self._graph.launch(self.stream)
-        self._outer[1].record(self.stream)
-        self.stream.synchronize()
-        self._traffic = self._graph_traffic
-        self._read_timings(graph=True)
-
-    def _capture(self, plan: FramePlan, traffic: Traffic) -> None:
+    def _capture(self, plan: FramePlan) -> None:
+        """Capture the device work of `plan` (the frame just run eagerly was its warm-up)."""
         was_enabled = gc.isenabled()
         gc.disable()  # a finalizer freeing memory in mid-capture would invalidate it
         try:
             if self.graph_mode == "torch":
                 graph = _TorchGraph(self)
-                graph.capture(lambda: self._issue(plan, capturing=True))
+                graph.capture(lambda: self._issue_body(plan, capturing=True))
             else:
                 graph = cuda.CudaGraph(self.device_id)
                 graph.begin_capture(self.stream)
                 try:
-                    self._issue(plan, capturing=True)
+                    self._issue_body(plan, capturing=True)
                 except Exception:
                     graph.abort_capture()
                     raise
@@ -506,7 +678,7 @@ class FlashStereoPipeline:
         finally:
             if was_enabled:
                 gc.enable()
-        self._graph, self._graph_plan, self._graph_traffic = graph, plan, traffic
+        self._graph, self._graph_plan = graph, plan
 
     def _drop_graph(self) -> None:
         graph, self._graph, self._graph_plan = getattr(self, "_graph", None), None, None
@@ -530,12 +702,26 @@ class _TorchGraph:
         torch = self._torch
         with torch.cuda.graph(self._graph, stream=self._stream, capture_error_mode="thread_local"):
             issue()
+        # Launch torch's executable graph on our stream with the driver: replay() needs torch's current
+        # stream set (a stream context per frame) and only adds the RNG offsets of graphs that draw
+        # random numbers, which inference programs do not. Older torch without the handle: replay().
+        raw = getattr(self._graph, "raw_cuda_graph_exec", None)
+        self._exec = None
+        if raw is not None:
+            try:
+                self._exec = cuda.driver.CUgraphExec(int(raw()))
+            except Exception:  # a torch or cuda-python that cannot hand the handle over: use replay()
+                self._exec = None
 
     def launch(self, stream) -> None:
+        if self._exec is not None:
+            cuda.check(cuda.driver.cuGraphLaunch(self._exec, stream.handle), "cuGraphLaunch")
+            return
         with self._torch.cuda.stream(self._stream):
             self._graph.replay()
 
     def close(self) -> None:
+        self._exec = None
         self._graph.reset()
         self._graph = None
 

@@ -216,6 +216,12 @@ class EmulatedDriver:
         self.functions[function] = (source, name.decode(), defines)
         return (self.ok, function)
 
+    def cuFuncGetAttribute(self, attr, function):
+        return (self.ok, 0)
+
+    def cuOccupancyMaxActiveBlocksPerMultiprocessor(self, function, threads, shared):
+        return (self.ok, 4)
+
     def cuLaunchKernel(self, function, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
         source, name, defines = self.functions[int(function)]
         kinds = kernels.SIGNATURES[name]
@@ -248,8 +254,8 @@ def _k_group_norm(defines, grid, in_l, in_r, out_l, out_r, groups, plane):
         _view(dst, np.float16, channels * plane)[:] = gwc.normalize_groups(x, groups).reshape(-1)
 
 
-def _k_gwc(defines, grid, left, right, vol, h, w):
-    groups, cg, d = grid[2], int(defines["GROUP_CHANNELS"]), int(defines["DISPARITIES"])
+def _k_gwc(defines, grid, left, right, vol, groups, h, w):
+    cg, d = int(defines["GROUP_CHANNELS"]), int(defines["DISPARITIES"])
     count = groups * cg * h * w
     lf = _view(left, np.float16, count).reshape(1, groups * cg, h, w)
     rf = _view(right, np.float16, count).reshape(1, groups * cg, h, w)
@@ -565,3 +571,98 @@ def test_memory_accounting_and_close(emulated):
     with pytest.raises(StereoInputError, match="closed"):
         pipe.infer(s.left, s.right)
     assert not emulated.memory, "every buffer is freed on close"
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_returned_disparity_is_never_overwritten_while_held_and_outlives_close(emulated, graph):
+    """The disparity is returned without a host copy: a pinned array is reused only once the caller has
+    dropped it and every view of it; past the slots, frames fall back to copies; held arrays outlive close()."""
+    import gc
+
+    from flashstereo_ros.pipeline import OUTPUT_SLOTS
+
+    emulated.graph_capture = "cuda" if graph else None
+    a, b = scene(seed=11), scene(seed=12)
+    pipe = flash(use_cuda_graph=graph)
+    try:
+        first = pipe.infer(a.left, a.right)
+        expected_a = first.copy()
+        view = first[::2, 1:]  # a view alone keeps the array in use
+        del first
+        held = [pipe.infer(b.left, b.right) for _ in range(OUTPUT_SLOTS + 2)]  # the last ones are copies
+        expected_b = held[0].copy()
+        assert not np.array_equal(expected_a, expected_b)
+        assert np.array_equal(view, expected_a[::2, 1:])
+        assert all(np.array_equal(out, expected_b) for out in held)
+        h, w = SMALL
+        host = pipe.memory_bytes()["host"]
+        assert host == 2 * h * w * 3 + (OUTPUT_SLOTS + 1) * h * w * 4  # the slots + one staging buffer
+        del held
+        for _ in range(3):
+            assert np.array_equal(pipe.infer(b.left, b.right), expected_b)
+        assert pipe.memory_bytes()["host"] == host and pipe.traffic["d2h_count"] == 1
+        pipe.poison()  # leaves the held array alone
+        assert np.array_equal(view, expected_a[::2, 1:])
+        assert {"h2d", "feature", "post", "d2h", "total"} <= set(pipe.timings)
+    finally:
+        pipe.close()
+    assert np.array_equal(view, expected_a[::2, 1:])  # still the caller's after close
+    assert len(emulated.memory) == 1, "only the held array's pinned memory is still allocated"
+    del view
+    gc.collect()
+    assert not emulated.memory, "freed once the caller dropped it"
+
+
+def test_timings_are_read_when_asked_and_follow_the_last_frame(emulated):
+    s = scene(seed=13)
+    pipe = flash()
+    try:
+        pipe.infer(s.left, s.right)
+        first = dict(pipe.timings)
+        assert set(first) == {*("h2d", "preprocess", "feature", "norm", "gwc", "post", "postprocess",
+                                "depth_points", "d2h"), "total"}
+        assert pipe.timings == first  # read once, then cached
+        pipe.infer(s.left, s.right)
+        assert pipe.timings is not first and set(pipe.timings) == set(first)
+    finally:
+        pipe.close()
+
+
+def test_held_disparity_survives_a_camera_size_change(emulated):
+    import gc
+
+    s, other = scene(seed=14), scene((48, 96), seed=15)
+    pipe = flash()
+    try:
+        out = pipe.infer(s.left, s.right)
+        expected = out.copy()
+        resized = pipe.infer(other.left, other.right)  # new camera buffers; the old ones are released
+        assert resized.shape == (48, 96) and np.array_equal(out, expected)
+        blocks = len(emulated.memory)
+        del out
+        gc.collect()
+        assert len(emulated.memory) == blocks - 1
+    finally:
+        pipe.close()
+
+
+def test_images_staged_by_two_threads_equal_one_thread(emulated, monkeypatch):
+    """From PARALLEL_STAGING_BYTES on, a helper thread stages the right image; same output, thread ends on close."""
+    from flashstereo_ros import pipeline as pipeline_module
+
+    s = scene(seed=16)
+    one = flash()
+    try:
+        expected = one.infer(s.left, s.right)
+    finally:
+        one.close()
+    monkeypatch.setattr(pipeline_module, "PARALLEL_STAGING_BYTES", 0)
+    pipe = flash()
+    try:
+        for _ in range(3):
+            assert np.array_equal(pipe.infer(s.left, s.right), expected)
+        thread = pipe._stager._thread
+        assert thread.is_alive() and pipe.traffic["h2d_count"] == 2
+    finally:
+        pipe.close()
+    assert not thread.is_alive()
