@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on a CUDA machine (the lent H100): regenerate the 480x640 .pt2 stand-ins with this machine's
 # torch, run the GPU tests (pytest -m gpu), then flashstereo-bench: stock vs GPU-resident, kernels vs
-# copy bandwidth, memory over 1000 frames, two-stream pipelining; again with a heavier post stage.
+# copy bandwidth, memory over 1000 frames, two-stream pipelining; again with a heavier post stage (HEAVY=0: not).
 # Logs and JSON under $OUT.
 #   bash scripts/gpu_check.sh            (OUT defaults to /tmp/flashstereo_gpu_check)
 # Carried wheels in .whl/ (e.g. opencv-python-headless) are installed to /tmp/site when a module is missing.
@@ -47,18 +47,24 @@ for file in $(grep -l "pytest.mark.gpu" test/test_*.py); do
     name=$(basename "$file" .py)
     step "$name" $PY -m pytest -m gpu -q -rsP -p no:cacheprovider "$file"
 done
-HEAVY=${MODELS}_heavy
-if [ ! -f "$HEAVY/post_runner.pt2" ]; then
-    step standin_heavy $PY -m flashstereo_ros.standin --out "$HEAVY" --formats pt2 --device cuda --extra-layers 4
-fi
 step bench $PY -m flashstereo_ros.tools.bench --feat "$MODELS/feature_runner.pt2" --post "$MODELS/post_runner.pt2" \
     --reps "${FRAMES:-200}" --warmup 10 --kernels --memory-frames 1000 --pipelined \
     --json "$OUT/bench.json" --chart "$OUT/bench_stages.png"
-step bench_heavy $PY -m flashstereo_ros.tools.bench --feat "$HEAVY/feature_runner.pt2" --post "$HEAVY/post_runner.pt2" \
-    --reps 60 --warmup 5 --pipelined --json "$OUT/bench_heavy.json" --chart "$OUT/bench_heavy.png"
+BENCHES=(bench)
+if [ "${HEAVY:-1}" != 0 ]; then  # HEAVY=0 skips the heavier-post-stage run
+    HEAVY_MODELS=${MODELS}_heavy
+    if [ ! -f "$HEAVY_MODELS/post_runner.pt2" ]; then
+        step standin_heavy $PY -m flashstereo_ros.standin --out "$HEAVY_MODELS" --formats pt2 --device cuda \
+            --extra-layers 4
+    fi
+    step bench_heavy $PY -m flashstereo_ros.tools.bench --feat "$HEAVY_MODELS/feature_runner.pt2" \
+        --post "$HEAVY_MODELS/post_runner.pt2" --reps 60 --warmup 5 --pipelined --json "$OUT/bench_heavy.json" \
+        --chart "$OUT/bench_heavy.png"
+    BENCHES+=(bench_heavy)
+fi
 
 echo
 echo "=== summary"
 printf '%s\n' "${STATUS[@]}"
 for log in "$OUT"/test_*.log; do echo "$(basename "$log" .log): $(grep -E "passed|failed|error" "$log" | tail -1)"; done
-for name in bench bench_heavy; do echo "--- $name"; sed -n '/^| config/,$p' "$OUT/$name.log"; done
+for name in "${BENCHES[@]}"; do echo "--- $name"; sed -n '/^| config/,$p' "$OUT/$name.log"; done
