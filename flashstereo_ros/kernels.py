@@ -44,7 +44,7 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
 }
 _CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "u64": ctypes.c_uint64, "f32": ctypes.c_float}
 GWC_XT, GWC_KT = 8, 16  # columns and disparities per thread (gwc.cu's register block)
-GWC_BLOCKS_PER_SM = 3  # resident blocks per multiprocessor of the persistent (pipelined) GWC kernel
+GWC_BLOCKS_PER_SM = None  # blocks per multiprocessor of the persistent GWC kernel (None: as many as fit)
 GWC_KERNEL_ENV = "FLASHSTEREO_GWC_KERNEL"  # "pipelined" (default) or "tiled": which gwc.cu variant to build
 STATIC_SHARED_LIMIT = 48 * 1024
 BLOCK_2D = (32, 8, 1)
@@ -374,14 +374,15 @@ class GwcKernel:
     The module is built per tile width: `prepare` picks the widest tile (a multiple of 8 columns) whose
     shared-memory tiles fit the static limit, then splits the row into equal tiles, so a 480x640 frame's
     160-column rows are one tile each and no right column is loaded twice. The default, pipelined variant
-    runs a persistent grid of blocks_per_sm blocks per multiprocessor (fewer if fewer fit) that fetch
-    the next tile while computing the current one; pipelined=False (or FLASHSTEREO_GWC_KERNEL=tiled)
-    builds the one-block-per-tile variant instead. Every variant computes the same bits.
+    runs a persistent grid of as many blocks per multiprocessor as fit (or blocks_per_sm) that fetch the
+    next tile while computing the current one (on the H100, 4 per SM ran 20.7 us, 3 per SM 24.6, 2 per SM
+    25.8: docs/GPU.md); pipelined=False (or FLASHSTEREO_GWC_KERNEL=tiled) builds the one-block-per-tile
+    variant instead. Every variant computes the same bits.
     """
 
     def __init__(self, group_channels: int, disparities: int, out_dtype, device_id: int = 0,
                  xt: int = GWC_XT, kt: int = GWC_KT, max_tile: int | None = None, min_blocks: int = 1,
-                 pipelined: bool | None = None, blocks_per_sm: int = GWC_BLOCKS_PER_SM,
+                 pipelined: bool | None = None, blocks_per_sm: int | None = GWC_BLOCKS_PER_SM,
                  max_blocks: int | None = None):
         self.group_channels, self.disparities = int(group_channels), int(disparities)
         self.out_half = _half_flag(out_dtype, "gwc_volume")
@@ -391,7 +392,7 @@ class GwcKernel:
             if variant not in ("pipelined", "tiled"):
                 raise ValueError(f"{GWC_KERNEL_ENV} must be 'pipelined' or 'tiled', got {variant!r}")
             pipelined = variant == "pipelined"
-        self.pipelined, self.blocks_per_sm, self.max_blocks = bool(pipelined), int(blocks_per_sm), max_blocks
+        self.pipelined, self.blocks_per_sm, self.max_blocks = bool(pipelined), blocks_per_sm, max_blocks
         if self.pipelined and (self.xt != 8 or self.kt % 8):
             raise ValueError(f"the pipelined GWC kernel takes xt = 8 and kt a multiple of 8, got {xt} x {kt}")
         self.thread_rows = _blocks(self.disparities, self.kt)
@@ -434,7 +435,8 @@ class GwcKernel:
             return _blocks(width, tile), height, groups
         items = _blocks(width, tile) * height * groups
         threads = tile // self.xt * self.thread_rows
-        per_sm = max(1, min(self.blocks_per_sm, self.kernel(tile).resident_blocks(threads)))
+        fit = self.kernel(tile).resident_blocks(threads)
+        per_sm = max(1, fit if self.blocks_per_sm is None else min(int(self.blocks_per_sm), fit))
         sms = cuda.primary_context(self.device_id).attribute("MULTIPROCESSOR_COUNT")
         blocks = min(items, sms * per_sm, self.max_blocks or items)  # max_blocks: tests make blocks loop
         return (max(1, blocks),)

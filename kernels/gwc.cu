@@ -12,11 +12,11 @@
 // memory for XT*KT multiply-adds held in registers, and finally writes XT consecutive x per d with one
 // vector store per d (coalesced across the warp).
 //
-// PIPELINED=1 (default): a persistent grid (the host launches a few blocks per SM); each block walks the
-// items blockIdx.x, blockIdx.x + gridDim.x, ... and fetches the next item's tiles with cp.async (16-byte
-// copies of halves straight into shared memory, zero-filled outside the image) into the second of two
-// stages while it computes the current one, so loads, arithmetic and the stores of the previous item
-// overlap. Tiles stay half in shared memory and are widened to float as they are read. XT = 8, KT a
+// PIPELINED=1 (default): a persistent grid (the host launches as many blocks per SM as fit); each block
+// walks the items blockIdx.x, blockIdx.x + gridDim.x, ... and fetches the next item's tiles with cp.async
+// (16-byte copies of halves straight into shared memory, zero-filled outside the image) into the second
+// of two stages while it computes the current one, so loads, arithmetic and the stores of the previous
+// item overlap. Tiles stay half in shared memory and are widened to float as they are read. XT = 8, KT a
 // multiple of 8 (16-byte shared loads). Launch: block (TILE_X/XT, ceil(D/KT)), grid (blocks).
 // PIPELINED=0: one block per item, float tiles (swizzled for XT = 8), loaded then computed; the first
 // register-blocked version, kept for comparison. Launch: block (TILE_X/XT, ceil(D/KT)),

@@ -4,8 +4,8 @@
 
 gwc        the GWC kernel's register-block / tile variants at the stand-in shape, each checked bit for bit
            against gwc.gwc_volume and timed like flashstereo-bench --kernels (20 back-to-back launches per
-           event pair, median of 200), registers and resident blocks per SM from the driver; the best
-           variant also with 4 rotating input/output sets (128 MB, more than the 50 MB L2).
+           event pair, median of 200), registers and resident blocks per SM from the driver; each also
+           with 4 rotating input/output sets (128 MB, more than the 50 MB L2).
            kernels/gwc_v1.cu, when present (an older gwc.cu, TILE_X 64, 4 x 8), is timed too.
 host       where the host time of one graph-mode process() goes: sections timed with perf_counter inside
            the call, cProfile's top functions, and micro-benchmarks of the staging copies and driver calls.
@@ -67,8 +67,8 @@ def event_median(stream, launch, reps=200, batch=20) -> float:
 
 # ------------------------------------------------------------------------------------------------ GWC
 GWC_VARIANTS = [  # (label, GwcKernel options)
-    ("pipelined 8x16, 3/SM (default)", {}), ("pipelined 8x16, 2/SM", {"blocks_per_sm": 2}),
-    ("pipelined 8x16, 4/SM", {"blocks_per_sm": 4}), ("pipelined 8x8, 4/SM", {"kt": 8, "blocks_per_sm": 4}),
+    ("pipelined 8x16, all that fit (default)", {}), ("pipelined 8x16, 3/SM", {"blocks_per_sm": 3}),
+    ("pipelined 8x16, 2/SM", {"blocks_per_sm": 2}), ("pipelined 8x8, all that fit", {"kt": 8}),
     ("tiled 8x16 row", {"pipelined": False}), ("tiled 4x16 row", {"pipelined": False, "xt": 4, "kt": 16}),
     ("tiled 4x8 row", {"pipelined": False, "xt": 4, "kt": 8}),
 ]
@@ -185,35 +185,15 @@ def _inputs(n=4, size=(480, 640)):
     return [(s.left, s.right) for s in scenes]
 
 
-class _StagingThreshold:
-    """Context: pipeline.PARALLEL_STAGING_BYTES set to `value` (None: left as it is)."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def __enter__(self):
-        from flashstereo_ros import pipeline
-
-        self.saved = pipeline.PARALLEL_STAGING_BYTES
-        if self.value is not None:
-            pipeline.PARALLEL_STAGING_BYTES = self.value
-
-    def __exit__(self, *exc):
-        from flashstereo_ros import pipeline
-
-        pipeline.PARALLEL_STAGING_BYTES = self.saved
-
-
 def _pipeline_classes():
-    """(name, class, context) of each pipeline version to compare."""
+    """(name, class) of each pipeline version to compare."""
     from flashstereo_ros.pipeline import FlashStereoPipeline
 
-    classes = [("current", FlashStereoPipeline, _StagingThreshold(None)),
-               ("current, staging on one thread", FlashStereoPipeline, _StagingThreshold(1 << 62))]
+    classes = [("current", FlashStereoPipeline)]
     if (ROOT / "flashstereo_ros" / "_pipeline_v1.py").exists():
         from flashstereo_ros._pipeline_v1 import FlashStereoPipeline as Old
 
-        classes.append(("v1", Old, _StagingThreshold(None)))
+        classes.append(("v1", Old))
     return classes
 
 
@@ -230,9 +210,8 @@ def _latency(pipe, pairs, frames):
 def host_profile(models, frames=400):
     pairs = _inputs()
     out = {}
-    for name, cls, context in _pipeline_classes():
-        with context:
-            out[name] = _host_one(name, cls, models, pairs, frames)
+    for name, cls in _pipeline_classes():
+        out[name] = _host_one(name, cls, models, pairs, frames)
     out["micro_us"] = _micro()
     print("micro (us):", out["micro_us"])
     return out
@@ -256,7 +235,7 @@ def _host_one(name, cls, models, pairs, frames):
                "stages_ms": {k: float(np.median(v)) for k, v in stages.items()},
                "raw_graph_launch": bool(getattr(getattr(pipe, "_graph", None), "_exec", None) is not None)}
         res["host_ms"] = res["p50_ms"] - res["gpu_total_ms"]
-        if name.startswith("current"):
+        if name == "current":
             res["sections_us"] = _sections(pipe, pairs)
         prof = cProfile.Profile()
         prof.enable()
@@ -301,9 +280,6 @@ def _sections(pipe, pairs, frames=300):
     pipe.stream.synchronize = timed("stream.synchronize (GPU wait)", sync)
     check_pair = images.check_pair
     images.check_pair = timed("check_pair", check_pair)
-    stager = getattr(pipe, "_stager", None)
-    if stager is not None:
-        stager.wait = timed("  of which waiting for the staging thread", stager.wait)
     try:
         walls = []
         for i in range(frames):
@@ -316,11 +292,9 @@ def _sections(pipe, pairs, frames=300):
         pipe._graph.launch = graph_launch
         del pipe.stream.synchronize
         images.check_pair = check_pair
-        if stager is not None:
-            del stager.wait
     out = {k: round(float(np.median(v)), 1) for k, v in acc.items()}
     out["wall"] = round(float(np.median(walls)), 1)
-    timed_total = sum(v for k, v in out.items() if k != "wall" and not k.startswith(" "))
+    timed_total = sum(v for k, v in out.items() if k != "wall")
     out["rest (lock, plan, slot, call overhead)"] = round(out["wall"] - timed_total, 1)
     _ = pmod
     return out
@@ -385,26 +359,6 @@ def _micro() -> dict:
     res["stage both, 2 threads (Events)"] = med(both_parallel)
     job["stop"] = True
     go.set()
-    from flashstereo_ros.pipeline import _Stager
-
-    stager = _Stager()
-
-    def both_stager():
-        state["i"] += 1
-        stager.start(pinned2.array, imgs[(state["i"] + 1) % 8])
-        np.copyto(pinned.array, imgs[state["i"] % 8])
-        stager.wait()
-
-    res["stage both, pipeline._Stager"] = med(both_stager)
-    tiny = np.zeros(16, np.uint8)
-    tiny_dst = np.zeros(16, np.uint8)
-
-    def handoff():
-        stager.start(tiny_dst, tiny)
-        stager.wait()
-
-    res["_Stager handoff (16 B)"] = med(handoff)
-    stager.close()
     stream = cuda.Stream()
     ev = cuda.Event()
     res["cuEventRecord"] = med(lambda: ev.record(stream))
@@ -426,9 +380,8 @@ def _micro() -> dict:
 def pipelined(models, frames=200):
     pairs = _inputs()
     out = {}
-    for name, cls, context in _pipeline_classes():
-        with context:
-            out[name] = _pipelined_one(name, cls, models, pairs, frames)
+    for name, cls in _pipeline_classes():
+        out[name] = _pipelined_one(name, cls, models, pairs, frames)
     return out
 
 
