@@ -1,8 +1,8 @@
 """The GPU-resident pipeline: two uint8 images in, one disparity out, everything between on the device.
 
 Per frame, on one CUDA stream (DESIGN.md, "Data flow"):
-  host images -> pinned staging -> one H2D per image (uint8, camera size); the right image is staged on
-                                    the host while the left one is already uploading
+  host images -> pinned staging -> one H2D per image (uint8, camera size); large images are staged by
+                                    two threads at once (the right one on a helper thread)
   preprocess kernel -> feature engine input          (resize when the camera size != engine size)
   feature runner    -> persistent feature buffers
   group_norm kernel -> normalised 1/4 features (half)
@@ -73,6 +73,50 @@ class FramePlan:
 
 
 OUTPUT_SLOTS = 4  # pinned disparity arrays a pipeline hands out before it falls back to copies
+PARALLEL_STAGING_BYTES = 1 << 18  # from this image size on, a helper thread stages the right image
+
+
+class _Stager:
+    """A helper thread that copies the right image into pinned staging memory while the calling thread
+    copies the left one: numpy releases the GIL while it copies, so both copies run at once. Two locks
+    used as binary semaphores hand the job over (cheaper than Events)."""
+
+    def __init__(self):
+        self._go, self._done = threading.Lock(), threading.Lock()
+        self._go.acquire()
+        self._done.acquire()
+        self._job: tuple | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="flashstereo-staging", daemon=True)
+        self._thread.start()
+
+    def start(self, dst: np.ndarray, src: np.ndarray) -> None:
+        self._job = (dst, src)
+        self._go.release()
+
+    def wait(self) -> None:
+        self._done.acquire()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        self._job = None
+        self._go.release()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            self._go.acquire()
+            job = self._job
+            if job is None:
+                return
+            try:
+                np.copyto(*job)
+            except BaseException as exc:  # handed to the caller by wait()
+                self._error = exc
+            finally:
+                self._done.release()
 
 
 class _HostSlot:
@@ -229,6 +273,7 @@ class FlashStereoPipeline:
             self.graph_mode = self._graph_mode() if use_cuda_graph else None
             self._graph = None
             self._graph_plan: FramePlan | None = None
+            self._stager: _Stager | None = None
             self._ctx.synchronize()  # weights the runners uploaded on other streams are in place
         except Exception:
             self.close()
@@ -452,6 +497,9 @@ class FlashStereoPipeline:
             self._device_buffers, self._pinned_buffers = [], []
             for event in getattr(self, "_events", []):
                 event.close()
+            if getattr(self, "_stager", None) is not None:
+                self._stager.close()
+                self._stager = None
             self.stream.close()
 
     def __enter__(self):
@@ -531,14 +579,23 @@ class FlashStereoPipeline:
         return self.disparity if disparity_launch is None else cam.disparity
 
     def _issue_inputs(self, cam: _CameraBuffers, left: np.ndarray, right: np.ndarray) -> Traffic:
-        """Stage the images in pinned memory and upload them: the left one uploads while the right one is
-        staged. Always eager (a graph starts after the uploads)."""
+        """Stage the images in pinned memory (the right one on a helper thread while this one stages the
+        left) and upload them. Always eager (a graph starts after the uploads)."""
         s, ev = self.stream, self._events
         traffic = Traffic()
-        np.copyto(cam.stage_arrays[0], left)
-        ev[0].record(s)
-        traffic.add_h2d(cam.image[0].copy_from_host_async(cam.stage[0], s))
-        np.copyto(cam.stage_arrays[1], right)
+        stager = None
+        if right.nbytes >= PARALLEL_STAGING_BYTES:
+            stager = self._stager = self._stager or _Stager()
+            stager.start(cam.stage_arrays[1], right)
+        try:
+            np.copyto(cam.stage_arrays[0], left)
+            ev[0].record(s)
+            traffic.add_h2d(cam.image[0].copy_from_host_async(cam.stage[0], s))
+        finally:
+            if stager is not None:
+                stager.wait()
+        if stager is None:
+            np.copyto(cam.stage_arrays[1], right)
         traffic.add_h2d(cam.image[1].copy_from_host_async(cam.stage[1], s))
         return traffic
 

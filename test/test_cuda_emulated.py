@@ -645,3 +645,24 @@ def test_held_disparity_survives_a_camera_size_change(emulated):
     finally:
         pipe.close()
 
+
+def test_images_staged_by_two_threads_equal_one_thread(emulated, monkeypatch):
+    """From PARALLEL_STAGING_BYTES on, a helper thread stages the right image; same output, thread ends on close."""
+    from flashstereo_ros import pipeline as pipeline_module
+
+    s = scene(seed=16)
+    one = flash()
+    try:
+        expected = one.infer(s.left, s.right)
+    finally:
+        one.close()
+    monkeypatch.setattr(pipeline_module, "PARALLEL_STAGING_BYTES", 0)
+    pipe = flash()
+    try:
+        for _ in range(3):
+            assert np.array_equal(pipe.infer(s.left, s.right), expected)
+        thread = pipe._stager._thread
+        assert thread.is_alive() and pipe.traffic["h2d_count"] == 2
+    finally:
+        pipe.close()
+    assert not thread.is_alive()
