@@ -8,7 +8,8 @@ gwc        the GWC kernel's register-block / tile variants at the stand-in shape
            with 4 rotating input/output sets (128 MB, more than the 50 MB L2).
            kernels/gwc_v1.cu, when present (an older gwc.cu, TILE_X 64, 4 x 8), is timed too.
 host       where the host time of one graph-mode process() goes: sections timed with perf_counter inside
-           the call, cProfile's top functions, and micro-benchmarks of the staging copies and driver calls.
+           the call, cProfile's top functions, and micro-benchmarks of the staging copies and driver calls;
+           with and without the helper thread that stages the right image.
 pipelined  two pipelines on two streams: the GPU alone (graph launches, no host work) against one stream,
            and the bench's threaded measurement.
 A pipeline module flashstereo_ros/_pipeline_v1.py, when present (an older pipeline.py), is measured
@@ -185,15 +186,35 @@ def _inputs(n=4, size=(480, 640)):
     return [(s.left, s.right) for s in scenes]
 
 
+class _StagingThreshold:
+    """Context: pipeline.PARALLEL_STAGING_BYTES set to `value` (None: left as it is)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __enter__(self):
+        from flashstereo_ros import pipeline
+
+        self.saved = pipeline.PARALLEL_STAGING_BYTES
+        if self.value is not None:
+            pipeline.PARALLEL_STAGING_BYTES = self.value
+
+    def __exit__(self, *exc):
+        from flashstereo_ros import pipeline
+
+        pipeline.PARALLEL_STAGING_BYTES = self.saved
+
+
 def _pipeline_classes():
-    """(name, class) of each pipeline version to compare."""
+    """(name, class, context) of each pipeline version to compare."""
     from flashstereo_ros.pipeline import FlashStereoPipeline
 
-    classes = [("current", FlashStereoPipeline)]
+    classes = [("current", FlashStereoPipeline, _StagingThreshold(None)),
+               ("current, staging on one thread", FlashStereoPipeline, _StagingThreshold(1 << 62))]
     if (ROOT / "flashstereo_ros" / "_pipeline_v1.py").exists():
         from flashstereo_ros._pipeline_v1 import FlashStereoPipeline as Old
 
-        classes.append(("v1", Old))
+        classes.append(("v1", Old, _StagingThreshold(None)))
     return classes
 
 
@@ -210,8 +231,9 @@ def _latency(pipe, pairs, frames):
 def host_profile(models, frames=400):
     pairs = _inputs()
     out = {}
-    for name, cls in _pipeline_classes():
-        out[name] = _host_one(name, cls, models, pairs, frames)
+    for name, cls, context in _pipeline_classes():
+        with context:
+            out[name] = _host_one(name, cls, models, pairs, frames)
     out["micro_us"] = _micro()
     print("micro (us):", out["micro_us"])
     return out
@@ -235,7 +257,7 @@ def _host_one(name, cls, models, pairs, frames):
                "stages_ms": {k: float(np.median(v)) for k, v in stages.items()},
                "raw_graph_launch": bool(getattr(getattr(pipe, "_graph", None), "_exec", None) is not None)}
         res["host_ms"] = res["p50_ms"] - res["gpu_total_ms"]
-        if name == "current":
+        if name.startswith("current"):
             res["sections_us"] = _sections(pipe, pairs)
         prof = cProfile.Profile()
         prof.enable()
@@ -280,6 +302,9 @@ def _sections(pipe, pairs, frames=300):
     pipe.stream.synchronize = timed("stream.synchronize (GPU wait)", sync)
     check_pair = images.check_pair
     images.check_pair = timed("check_pair", check_pair)
+    stager = getattr(pipe, "_stager", None)
+    if stager is not None:
+        stager.wait = timed("  of which waiting for the staging thread", stager.wait)
     try:
         walls = []
         for i in range(frames):
@@ -292,9 +317,11 @@ def _sections(pipe, pairs, frames=300):
         pipe._graph.launch = graph_launch
         del pipe.stream.synchronize
         images.check_pair = check_pair
+        if stager is not None:
+            del stager.wait
     out = {k: round(float(np.median(v)), 1) for k, v in acc.items()}
     out["wall"] = round(float(np.median(walls)), 1)
-    timed_total = sum(v for k, v in out.items() if k != "wall")
+    timed_total = sum(v for k, v in out.items() if k != "wall" and not k.startswith(" "))
     out["rest (lock, plan, slot, call overhead)"] = round(out["wall"] - timed_total, 1)
     _ = pmod
     return out
@@ -359,6 +386,26 @@ def _micro() -> dict:
     res["stage both, 2 threads (Events)"] = med(both_parallel)
     job["stop"] = True
     go.set()
+    from flashstereo_ros.pipeline import _Stager
+
+    stager = _Stager()
+
+    def both_stager():
+        state["i"] += 1
+        stager.start(pinned2.array, imgs[(state["i"] + 1) % 8])
+        np.copyto(pinned.array, imgs[state["i"] % 8])
+        stager.wait()
+
+    res["stage both, pipeline._Stager"] = med(both_stager)
+    tiny = np.zeros(16, np.uint8)
+    tiny_dst = np.zeros(16, np.uint8)
+
+    def handoff():
+        stager.start(tiny_dst, tiny)
+        stager.wait()
+
+    res["_Stager handoff (16 B)"] = med(handoff)
+    stager.close()
     stream = cuda.Stream()
     ev = cuda.Event()
     res["cuEventRecord"] = med(lambda: ev.record(stream))
@@ -380,8 +427,9 @@ def _micro() -> dict:
 def pipelined(models, frames=200):
     pairs = _inputs()
     out = {}
-    for name, cls in _pipeline_classes():
-        out[name] = _pipelined_one(name, cls, models, pairs, frames)
+    for name, cls, context in _pipeline_classes():
+        with context:
+            out[name] = _pipelined_one(name, cls, models, pairs, frames)
     return out
 
 
