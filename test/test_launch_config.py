@@ -4,6 +4,7 @@ The launch file's logic is tested without `launch` (not installable here), inclu
 node with the wiring it computes for the ZED config; where launch_ros is importable, the launch file
 itself is run.
 """
+import configparser
 import importlib.util
 import math
 import re
@@ -101,6 +102,13 @@ def test_every_parameter_line_is_documented(config):
 def test_launch_finds_the_node_executable():
     found = launch_module().executable()
     assert found.get("package") == "flashstereo_ros" or Path(found["executable"]).name == "stereo_node"
+
+
+def test_colcon_installs_the_node_where_ros2_run_looks():
+    config = configparser.ConfigParser(interpolation=None)
+    config.read(ROOT / "setup.cfg")
+    expected = "$base/lib/flashstereo_ros"
+    assert config["develop"]["script_dir"] == expected and config["install"]["install_scripts"] == expected
 
 
 def test_launch_file_arguments_match_the_node():
