@@ -38,6 +38,7 @@ DEFAULT_CV_GROUP = 8
 DEFAULT_MAX_DISP = 192
 NORM_EPS = 1e-12
 CONFIG_FILE = "onnx.yaml"
+IO_NAMES_FILE = "flashstereo_io.json"  # extra file in a .pt2 naming its outputs
 
 
 @dataclasses.dataclass(frozen=True)

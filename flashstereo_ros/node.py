@@ -389,9 +389,7 @@ class FlashStereoNode(Node):
                 self._problem("input", ERROR, f"{exc}; pair skipped")
                 return
             stages.update(pipe.timings)
-            # another node may reuse the pipeline's buffers as soon as the lock is released
-            output = dataclasses.replace(output, **{field: _owned(getattr(output, field))
-                                                    for field in ("disparity", "depth", "points")})
+            # the outputs stay valid after the lock is released: the pipelines never reuse an array that is held
             max_disp, engine_width = pipe.geometry.max_disp, pipe.input_size[1]
         self._publish(left_msg, left_info, right_info, output, camera, settings, max_disp, engine_width,
                       stages, started)
@@ -577,13 +575,6 @@ def status_timing(name: str, header, frame: int, stages: dict[str, float], laten
     values += [(f"{stage}_ms", f"{value:.3f}") for stage, value in stages.items()]
     return DiagnosticStatus(level=DiagnosticStatus.OK, name=name, message=f"frame {frame}",
                             hardware_id=header.frame_id, values=[KeyValue(key=k, value=v) for k, v in values])
-
-
-def _owned(values: np.ndarray | None) -> np.ndarray | None:
-    """values itself when it owns its memory, else a copy (a view may point into a reused buffer)."""
-    if values is None or values.base is None:
-        return values
-    return values.copy()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,6 @@ HOST, DEVICE = "host", "device"
 BACKEND_BY_SUFFIX = {".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt",
                      ".onnx": "onnxruntime", ".pt2": "torch"}
 BACKENDS = ("tensorrt", "onnxruntime", "torch")
-IO_NAMES_FILE = "flashstereo_io.json"  # extra file in a .pt2 naming its outputs
 
 
 class Runner(Protocol):
@@ -182,7 +181,7 @@ class TorchRunner:
             raise BackendUnavailableError("PyTorch sees no CUDA device; the torch backend runs .pt2 programs on the GPU")
         self._torch = torch
         self._device = torch.device("cuda", device_id)
-        extra = {IO_NAMES_FILE: ""}
+        extra = {contract.IO_NAMES_FILE: ""}
         try:
             program = torch.export.load(str(path), extra_files=extra)
         except Exception as exc:  # torch raises several types for a bad archive
@@ -196,7 +195,8 @@ class TorchRunner:
         inputs = [(name, nodes[name].meta["val"]) for name in signature.user_inputs]
         output_node = next(node for node in program.graph.nodes if node.op == "output")
         values = [arg.meta["val"] for arg in output_node.args[0]]
-        names = json.loads(extra[IO_NAMES_FILE]).get("outputs") if extra[IO_NAMES_FILE] else None
+        names_json = extra[contract.IO_NAMES_FILE]
+        names = json.loads(names_json).get("outputs") if names_json else None
         if names is None:
             names = self._contract_output_names(path, len(values))
         self.inputs = _specs((n, v.shape, self._numpy_dtype(path, n, v)) for n, v in inputs)
@@ -209,7 +209,7 @@ class TorchRunner:
         for names in (contract.FEATURE_OUTPUTS, contract.POST_OUTPUTS):
             if len(names) == count:
                 return list(names)
-        raise ModelError(f"'{path.name}' has {count} outputs and no {IO_NAMES_FILE} naming them")
+        raise ModelError(f"'{path.name}' has {count} outputs and no {contract.IO_NAMES_FILE} naming them")
 
     @staticmethod
     def _numpy_dtype(path: Path, name: str, value):

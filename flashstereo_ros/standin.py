@@ -26,7 +26,6 @@ import numpy as np
 import yaml
 
 from . import contract
-from .runners import IO_NAMES_FILE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -253,7 +252,7 @@ def export(out_dir: str | Path, options: StandInOptions = StandInOptions(), form
                   ("post_runner", post, post_args, contract.POST_OUTPUTS))
         for name, module, args, outputs in stages:
             path = out / f"{name}.pt2"
-            names = {IO_NAMES_FILE: json.dumps({"outputs": list(outputs)})}
+            names = {contract.IO_NAMES_FILE: json.dumps({"outputs": list(outputs)})}
             program = torch.export.export(module, args)
             program.example_inputs = None  # the archive would otherwise carry tens of MB of random inputs
             torch.export.save(program, str(path), extra_files=names)
