@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command on a CUDA machine (the lent H100): regenerate the 480x640 .pt2 stand-ins with this machine's
 # torch, run the GPU tests (pytest -m gpu), then flashstereo-bench: stock vs GPU-resident, kernels vs
-# copy bandwidth, memory over 1000 frames, two-stream pipelining; again with a heavier post stage (HEAVY=0: not).
+# copy bandwidth, memory over 1000 frames, two-stream pipelining, depth + points cost; again with a
+# heavier post stage (HEAVY=0: not).
 # Logs and JSON under $OUT.
 #   bash scripts/gpu_check.sh            (OUT defaults to /tmp/flashstereo_gpu_check)
 # Carried wheels in .whl/ (e.g. opencv-python-headless) are installed to /tmp/site when a module is missing.
@@ -48,7 +49,7 @@ for file in $(grep -l "pytest.mark.gpu" test/test_*.py); do
     step "$name" $PY -m pytest -m gpu -q -rsP -p no:cacheprovider "$file"
 done
 step bench $PY -m flashstereo_ros.tools.bench --feat "$MODELS/feature_runner.pt2" --post "$MODELS/post_runner.pt2" \
-    --reps "${FRAMES:-200}" --warmup 10 --kernels --memory-frames 1000 --pipelined \
+    --reps "${FRAMES:-200}" --warmup 10 --kernels --memory-frames 1000 --pipelined --depth-points \
     --json "$OUT/bench.json" --chart "$OUT/bench_stages.png"
 BENCHES=(bench)
 if [ "${HEAVY:-1}" != 0 ]; then  # HEAVY=0 skips the heavier-post-stage run

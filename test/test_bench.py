@@ -28,6 +28,20 @@ def test_sweep_reports_every_combination_with_agreement_and_accuracy(tmp_path, c
     assert "| feat int8 / post int8 | cpu |" in table and "| stage (median ms) |" in table
 
 
+def test_depth_points_cost_is_reported_with_the_published_bytes(tmp_path, capsys):
+    feat, post = (str(p) for p in resources.bundled_models(".onnx", (64, 128)))
+    out = tmp_path / "bench.json"
+    assert bench.main(["--feat", feat, "--post", post, "--device", "cpu", "--reps", "2", "--warmup", "1",
+                       "--depth-points", "--json", str(out), "--chart", str(tmp_path / "chart.png")]) == 0
+    cost = json.loads(out.read_text())["depth_points"]
+    h, w = 64, 128
+    assert cost["size"] == f"{w}x{h}" and cost["frames"] == 20
+    assert cost["disparity"]["published_bytes"] == h * w * 4
+    assert cost["depth+points"]["published_bytes"] == h * w * (4 + 4 + 16)  # disparity, depth, x y z rgb
+    assert cost["depth+points"]["depth_points_ms"] > 0
+    assert "depth + points (cpu, 128x64" in capsys.readouterr().out
+
+
 def test_gpu_extras_refused_on_cpu(capsys):
     assert bench.main(["--device", "cpu", "--kernels"]) == 2
     assert "need the GPU pipeline" in capsys.readouterr().err

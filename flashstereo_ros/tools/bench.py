@@ -3,6 +3,7 @@
     flashstereo-bench --feat F --post P [--left L --right R] --reps 50
     flashstereo-bench --sweep --feat-fp16 A --feat-int8 B --post-fp16 C --post-int8 D
     flashstereo-bench ... --kernels --memory-frames 1000 --pipelined      (GPU extras)
+    flashstereo-bench ... --depth-points                                  (depth + point cloud cost)
 
 Every configuration runs every pipeline on the same rotating inputs after a warm-up. Latency is host
 wall-clock per frame (image in, disparity out); stage times come from the pipelines (CUDA events on the
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import contract, resources, synthetic
+from ..depth import StereoCamera
 from ..errors import FlashStereoError
 from ..metrics import AgreementAccumulator
 from ..pipelines import DEVICES, default_models, resolve_device
@@ -276,6 +278,39 @@ def pipelined_throughput(feat, post, backend, inputs: Inputs, frames: int, graph
             "pipelined_hz": frames / wall, "ratio": frames / wall * latency}
 
 
+def depth_points_cost(feat, post, backend, inputs: Inputs, frames: int, kind: str) -> dict:
+    """What depth + a full-resolution point cloud add to a frame: the depth_points stage (CUDA events on the
+    GPU), the latency against disparity alone, and the bytes downloaded against the bytes published."""
+    h, w = inputs.pairs[0][0].shape[:2]
+    fx, baseline = 0.8 * w, 0.12
+    camera = StereoCamera.from_projections([fx, 0, w / 2, 0, 0, fx, h / 2, 0, 0, 0, 1, 0],
+                                           [fx, 0, w / 2 - 4, -fx * baseline, 0, fx, h / 2, 0, 0, 0, 1, 0], w, h)
+    pipe = make_pipeline(kind, feat, post, backend)
+    result = {"pipeline": kind, "frames": frames, "size": f"{w}x{h}"}
+    try:
+        for mode, want in (("disparity", False), ("depth+points", True)):
+            def run(i):
+                return pipe.process(*inputs.pairs[i % len(inputs.pairs)], camera=camera, want_depth=want,
+                                    want_points=want)
+
+            for i in range(max(3, len(inputs.pairs))):  # warm-up (and graph capture for this setup)
+                run(i)
+            latencies, stage = [], []
+            for i in range(frames):
+                start = time.perf_counter()
+                out = run(i)
+                latencies.append((time.perf_counter() - start) * 1e3)
+                stage.append(pipe.timings["depth_points"])
+            published = sum(a.nbytes for a in (out.disparity, out.depth, out.points) if a is not None)
+            traffic = getattr(pipe, "traffic", None) or {}
+            result[mode] = {"latency_p50_ms": float(np.median(latencies)), "depth_points_ms": float(np.median(stage)),
+                            "published_bytes": published, "d2h_bytes": traffic.get("d2h")}
+    finally:
+        pipe.close()
+    result["extra_ms"] = result["depth+points"]["latency_p50_ms"] - result["disparity"]["latency_p50_ms"]
+    return result
+
+
 def format_table(rows: list[Row]) -> str:
     header = ("config", "pipeline", "p50 ms", "p90 ms", "p99 ms", "Hz", "speed-up", "overhead ms", "H2D MiB",
               "D2H MiB", "device MiB", "rel L1", "max abs", "bit-identical", "MAE px", "within 3 px")
@@ -325,6 +360,14 @@ def format_extras(extras: dict) -> str:
         p = extras["pipelined"]
         lines.append(f"two-stream pipelining ({p['pipeline']}, {p['frames']} frames): {p['pipelined_hz']:.1f} Hz "
                      f"vs 1/latency {p['single_hz']:.1f} Hz ({p['ratio']:.2f}x)")
+    if "depth_points" in extras:
+        d = extras["depth_points"]
+        with_dp, alone = d["depth+points"], d["disparity"]
+        downloaded = f"{with_dp['d2h_bytes']:,} B downloaded" if with_dp["d2h_bytes"] is not None else "host path"
+        lines.append(f"\ndepth + points ({d['pipeline']}, {d['size']}, stride 1, {d['frames']} frames): depth_points "
+                     f"stage {with_dp['depth_points_ms']:.3f} ms; latency p50 {with_dp['latency_p50_ms']:.2f} ms vs "
+                     f"{alone['latency_p50_ms']:.2f} ms disparity alone (+{d['extra_ms']:.3f} ms); "
+                     f"{with_dp['published_bytes']:,} B published, {downloaded}")
     return "\n".join(lines)
 
 
@@ -385,6 +428,8 @@ def main(argv=None) -> int:
     parser.add_argument("--kernels", action="store_true", help="GPU: norm and GWC kernels vs copy bandwidth")
     parser.add_argument("--memory-frames", type=int, default=0, help="GPU: device memory over this many frames")
     parser.add_argument("--pipelined", action="store_true", help="GPU: two-stream pipelining throughput")
+    parser.add_argument("--depth-points", action="store_true",
+                        help="what metric depth and a full-resolution point cloud add to a frame")
     parser.add_argument("--json", default="bench.json")
     parser.add_argument("--chart", default="bench_stages.png")
     args = parser.parse_args(argv)
@@ -416,6 +461,8 @@ def main(argv=None) -> int:
             extras["memory"] = memory_over_frames(feat, post, args.backend, inputs, args.memory_frames, graph)
         if args.pipelined:
             extras["pipelined"] = pipelined_throughput(feat, post, args.backend, inputs, max(args.reps, 40), graph)
+        if args.depth_points:
+            extras["depth_points"] = depth_points_cost(feat, post, args.backend, inputs, max(args.reps, 20), kinds[-1])
     except (FlashStereoError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
