@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from . import contract, gwc, images, resources
+from .base import StereoPipelineBase
 from .depth import DepthLimits, StereoCamera, StereoOutput, outputs_from_disparity
 from .engines import load_engine_pair
 from .runners import HOST
 
 
-class CpuStereoPipeline:
+class CpuStereoPipeline(StereoPipelineBase):
     """left, right (uint8 images) -> disparity (float32, camera resolution, pixels), all on the CPU."""
 
     def __init__(self, feat_engine_path: str | Path | None = None, post_engine_path: str | Path | None = None,
@@ -55,15 +56,6 @@ class CpuStereoPipeline:
                 if name not in bound:  # outputs outside the contract still need somewhere to go
                     scratch = self.buffers.setdefault(f"scratch:{name}", np.zeros(spec.shape, spec.dtype))
                     runner.bind(name, scratch.ctypes.data)
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self.geometry.height, self.geometry.width
-
-    def infer(self, left: np.ndarray, right: np.ndarray, encoding: str | None = None,
-              right_encoding: str | None = None) -> np.ndarray:
-        """Disparity of a rectified pair, in pixels of the input images, at their resolution."""
-        return self.process(left, right, encoding, right_encoding).disparity
 
     def process(self, left: np.ndarray, right: np.ndarray, encoding: str | None = None,
                 right_encoding: str | None = None, camera: StereoCamera | None = None,

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from . import contract, cuda, images, kernels, resources
+from .base import StereoPipelineBase
 from .depth import DepthLimits, StereoCamera, StereoOutput
 from .engines import load_engine_pair
 from .errors import ModelError, StereoInputError
@@ -237,7 +238,7 @@ class _Launches:
     points: kernels.Launch | None
 
 
-class FlashStereoPipeline:
+class FlashStereoPipeline(StereoPipelineBase):
     """left, right (uint8 images) -> disparity (float32, camera resolution, pixels), GPU-resident."""
 
     def __init__(self, feat_engine_path: str | Path | None = None, post_engine_path: str | Path | None = None,
@@ -378,18 +379,9 @@ class FlashStereoPipeline:
 
     # ------------------------------------------------------------------------------------- API
     @property
-    def input_size(self) -> tuple[int, int]:
-        return self.geometry.height, self.geometry.width
-
-    @property
     def traffic(self) -> dict[str, int]:
         """Host<->device bytes and copy counts of the last frame."""
         return self._traffic.as_dict()
-
-    def infer(self, left: np.ndarray, right: np.ndarray, encoding: str | None = None,
-              right_encoding: str | None = None) -> np.ndarray:
-        """Disparity of a rectified pair, in pixels of the input images, at their resolution."""
-        return self.process(left, right, encoding, right_encoding).disparity
 
     def process(self, left: np.ndarray, right: np.ndarray, encoding: str | None = None,
                 right_encoding: str | None = None, camera: StereoCamera | None = None,

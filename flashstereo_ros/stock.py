@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import contract, cuda, gwc, images, kernels, resources
+from .base import StereoPipelineBase
 from .depth import DepthLimits, StereoCamera, StereoOutput, outputs_from_disparity
 from .engines import load_engine_pair
 from .errors import StereoInputError
@@ -26,7 +27,7 @@ from .runners import DEVICE
 GPU_STAGES = ("h2d", "feature", "d2h_features", "h2d_features", "gwc", "d2h_volume", "h2d_post", "post", "d2h")
 
 
-class StockPipeline:
+class StockPipeline(StereoPipelineBase):
     """left, right (uint8 images) -> disparity, with every intermediate bounced through the host."""
 
     def __init__(self, feat_engine_path: str | Path | None = None, post_engine_path: str | Path | None = None,
@@ -112,16 +113,8 @@ class StockPipeline:
                     runner.bind(name, self._scratch[name].ptr)
 
     @property
-    def input_size(self) -> tuple[int, int]:
-        return self.geometry.height, self.geometry.width
-
-    @property
     def traffic(self) -> dict[str, int]:
         return self._traffic.as_dict()
-
-    def infer(self, left: np.ndarray, right: np.ndarray, encoding: str | None = None,
-              right_encoding: str | None = None) -> np.ndarray:
-        return self.process(left, right, encoding, right_encoding).disparity
 
     def process(self, left: np.ndarray, right: np.ndarray, encoding: str | None = None,
                 right_encoding: str | None = None, camera: StereoCamera | None = None,
