@@ -16,8 +16,8 @@ after a frame. With use_cuda_graph=True the device work between the uploads and 
 captured once per camera setup (after a warm-up frame) and replayed. Buffers are allocated at load and
 when the camera setup changes, never per frame.
 
-The disparity is downloaded into one of a few pinned host arrays and returned as it is, without a host
-copy: an array is reused for a later frame only once nothing outside the pipeline references it or any
+Each output (the disparity; depth and points when asked) is downloaded into one of a few pinned host
+arrays and returned as it is, without a host copy: an array is reused for a later frame only once nothing outside the pipeline references it or any
 view of it, so the caller owns what it was given for as long as it keeps it (also past close()). A
 caller that keeps every output gets copies once those arrays are all held.
 """
@@ -73,7 +73,7 @@ class FramePlan:
     points_stride: int
 
 
-OUTPUT_SLOTS = 4  # pinned disparity arrays a pipeline hands out before it falls back to copies
+OUTPUT_SLOTS = 4  # pinned arrays per output a pipeline hands out before it falls back to copies
 PARALLEL_STAGING_BYTES = 1 << 18  # from this image size on, a helper thread stages the right image
 
 
@@ -121,7 +121,7 @@ class _Stager:
 
 
 class _HostSlot:
-    """A pinned host array that a frame's disparity is downloaded into and returned as.
+    """A pinned host array that a frame's output is downloaded into and returned as.
 
     `in_use()` is true while anything besides this slot references the array, or the numpy array that
     every view of it names as its base (numpy collapses a view's base to that one): the caller's output
@@ -149,8 +149,8 @@ class _HostSlot:
 
 
 class _OutputRing:
-    """Up to OUTPUT_SLOTS pinned arrays for the disparity, handed to the caller without a host copy; when
-    all are still held, a pinned staging buffer and a copy (allocated on first need)."""
+    """Up to OUTPUT_SLOTS pinned arrays for one output (disparity, depth or points), handed to the caller
+    without a host copy; when all are still held, a pinned staging buffer and a copy (allocated on first need)."""
 
     def __init__(self, pipe: "FlashStereoPipeline", shape, dtype):
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
@@ -169,6 +169,14 @@ class _OutputRing:
         if self.staging is None:
             self.staging = pipe._pinned(self.shape, self.dtype)
         return None
+
+    def destination(self, slot: _HostSlot | None) -> cuda.PinnedBuffer:
+        """Where this frame's download goes."""
+        return slot.buf if slot is not None else self.staging
+
+    def output(self, slot: _HostSlot | None) -> np.ndarray:
+        """What the caller gets: the slot's array itself, or a copy out of the staging buffer."""
+        return slot.array if slot is not None else self.staging.array.copy()
 
     def held(self, buf) -> bool:
         """True for a slot's buffer that the caller still holds (poison() must leave it alone)."""
@@ -203,28 +211,43 @@ class _CameraBuffers:
         else:
             self.image_tables = self.disp_tables = (0, 0)
         self.disparity = pipe._device((h, w), np.float32)
-        self.outputs = _OutputRing(pipe, (h, w), np.float32)
-        self.depth = self.depth_host = self.points = self.points_host = None
+        self.rings = {"disparity": _OutputRing(pipe, (h, w), np.float32)}  # output name -> its host arrays
+        self.depth = self.points = None
         self.points_stride = None
 
     def outputs_for(self, pipe: "FlashStereoPipeline", plan: FramePlan) -> None:
         """Allocate depth/points buffers the first time a plan asks for them (or a new stride)."""
         if (plan.want_depth or plan.want_points) and self.depth is None:
             self.depth = pipe._device(self.size, np.float32)
-            self.depth_host = pipe._pinned(self.size, np.float32)
+            self.rings["depth"] = _OutputRing(pipe, self.size, np.float32)
         if plan.want_points and self.points_stride != plan.points_stride:
-            for buf in (self.points, self.points_host):
-                pipe._forget(buf)
+            pipe._forget(self.points)
+            if "points" in self.rings:
+                self.rings["points"].release(pipe)
             shape = kernels.points_shape(self.size, plan.points_stride) + (4,)
             self.points = pipe._device(shape, np.float32)
-            self.points_host = pipe._pinned(shape, np.float32)
+            self.rings["points"] = _OutputRing(pipe, shape, np.float32)
             self.points_stride = plan.points_stride
 
+    def acquire(self, pipe: "FlashStereoPipeline", plan: FramePlan) -> dict[str, _HostSlot | None]:
+        """A host slot (None: staging + copy) for each output the frame downloads."""
+        wanted = ("disparity",) + ("depth",) * plan.want_depth + ("points",) * plan.want_points
+        return {name: self.rings[name].acquire(pipe) for name in wanted}
+
+    def held(self, buf) -> bool:
+        return any(ring.held(buf) for ring in self.rings.values())
+
+    def release_outputs(self, pipe: "FlashStereoPipeline") -> None:
+        """Free the host output arrays (those the caller still holds live on until it drops them)."""
+        for ring in self.rings.values():
+            ring.release(pipe)
+        self.rings = {}
+
     def release(self, pipe: "FlashStereoPipeline") -> None:
-        """Free every buffer (disparity arrays the caller still holds live on until it drops them)."""
-        self.outputs.release(pipe)
-        for buf in (*self.stage, *self.image, self.disparity, self.depth, self.depth_host, self.points,
-                    self.points_host, *(t for t in (*self.image_tables, *self.disp_tables) if t)):
+        """Free every buffer."""
+        self.release_outputs(pipe)
+        for buf in (*self.stage, *self.image, self.disparity, self.depth, self.points,
+                    *(t for t in (*self.image_tables, *self.disp_tables) if t)):
             pipe._forget(buf)
 
 
@@ -404,19 +427,20 @@ class FlashStereoPipeline(StereoPipelineBase):
             graph = self._graph if self._graph_plan is plan else None
             if graph is None and self.graph_mode is not None:
                 self._drop_graph()  # a new camera setup: this frame runs eagerly, then is captured
-            slot = cam.outputs.acquire(self)
+            slots = cam.acquire(self, plan)
             traffic = self._issue_inputs(cam, left, right)
             if graph is not None:
                 graph.launch(self.stream)
             else:
                 self._issue_body(plan, capturing=False)
-            self._issue_outputs(plan, cam, slot, traffic)
+            self._issue_outputs(cam, slots, traffic)
             self._timings_pending = True
             self._traffic = traffic
             self.stream.synchronize()
             if graph is None and self.graph_mode is not None:
                 self._capture(plan)
-            return self._outputs(plan, cam, slot)
+            arrays = {name: cam.rings[name].output(slot) for name, slot in slots.items()}
+            return StereoOutput(arrays["disparity"], arrays.get("depth"), arrays.get("points"))
 
     @property
     def timings(self) -> dict[str, float]:
@@ -483,7 +507,7 @@ class FlashStereoPipeline(StereoPipelineBase):
             if hasattr(self, "engines"):
                 self.engines.close()
             if getattr(self, "_camera", None) is not None:
-                self._camera.outputs.release(self)  # disparity arrays the caller holds stay valid
+                self._camera.release_outputs(self)  # arrays the caller holds stay valid
             for buf in self._device_buffers + self._pinned_buffers:
                 buf.close()
             self._device_buffers, self._pinned_buffers = [], []
@@ -511,7 +535,7 @@ class FlashStereoPipeline(StereoPipelineBase):
 
     def _held_by_caller(self, buf) -> bool:
         cam = self._camera
-        return cam is not None and cam.outputs.held(buf)
+        return cam is not None and cam.held(buf)
 
     def _plan_for(self, key: tuple) -> FramePlan:
         """The plan of a frame whose process() arguments differ from the last frame's (validated here)."""
@@ -617,17 +641,14 @@ class FlashStereoPipeline(StereoPipelineBase):
             run.points.run(s)
         ev[8].record(s, capturing)
 
-    def _issue_outputs(self, plan: FramePlan, cam: _CameraBuffers, slot: _HostSlot | None, traffic: Traffic) -> None:
-        """The frame's downloads (always eager: the disparity's pinned destination changes per frame)."""
-        s = self.stream
-        source = self._camera_disparity(cam, self._launches.disparity)
-        host = slot.buf if slot is not None else cam.outputs.staging
-        traffic.add_d2h(source.copy_to_host_async(host, s, host.nbytes))
-        if plan.want_depth:
-            traffic.add_d2h(cam.depth.copy_to_host_async(cam.depth_host, s))
-        if plan.want_points:
-            traffic.add_d2h(cam.points.copy_to_host_async(cam.points_host, s))
-        self._events[9].record(s)
+    def _issue_outputs(self, cam: _CameraBuffers, slots: dict, traffic: Traffic) -> None:
+        """The frame's downloads (always eager: their pinned destinations change per frame)."""
+        sources = {"disparity": self._camera_disparity(cam, self._launches.disparity), "depth": cam.depth,
+                   "points": cam.points}
+        for name, slot in slots.items():
+            host = cam.rings[name].destination(slot)
+            traffic.add_d2h(sources[name].copy_to_host_async(host, self.stream, host.nbytes))
+        self._events[9].record(self.stream)
 
     def _read_timings(self) -> dict[str, float]:
         ev = self._events
@@ -640,14 +661,6 @@ class FlashStereoPipeline(StereoPipelineBase):
             timings = {}  # events inside a replayed graph could not be read: keep the frame's total
         timings["total"] = ev[0].elapsed_ms(ev[-1])
         return timings
-
-    def _outputs(self, plan: FramePlan, cam: _CameraBuffers, slot: _HostSlot | None) -> StereoOutput:
-        out = StereoOutput(slot.array if slot is not None else cam.outputs.staging.array.copy())
-        if plan.want_depth:
-            out.depth = cam.depth_host.array.copy()
-        if plan.want_points:
-            out.points = cam.points_host.array.copy()
-        return out
 
     # ------------------------------------------------------------------------------------- graphs
     def _capture(self, plan: FramePlan) -> None:

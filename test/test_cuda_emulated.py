@@ -613,6 +613,26 @@ def test_returned_disparity_is_never_overwritten_while_held_and_outlives_close(e
     assert not emulated.memory, "freed once the caller dropped it"
 
 
+def test_held_depth_and_points_are_never_overwritten(emulated):
+    """Depth and points are returned without a host copy too, under the same rule as the disparity."""
+    a, b = scene(seed=16), scene(seed=17)
+    camera = camera_for(SMALL)
+    pipe = flash()
+    try:
+        first = pipe.process(a.left, a.right, camera=camera, want_depth=True, want_points=True)
+        expected = (first.depth.copy(), first.points.copy())
+        for stride in (1, 1, 2):  # the same buffers, then a new stride (new point buffers)
+            later = pipe.process(b.left, b.right, camera=camera, want_depth=True, want_points=True,
+                                 points_stride=stride)
+            assert not np.array_equal(later.depth, expected[0], equal_nan=True)
+        assert np.array_equal(first.depth, expected[0], equal_nan=True)
+        assert np.array_equal(first.points, expected[1], equal_nan=True)
+        assert later.points.shape[:2] == kernels.points_shape(SMALL, 2)
+    finally:
+        pipe.close()
+    assert np.array_equal(first.points, expected[1], equal_nan=True)  # still the caller's after close
+
+
 def test_timings_are_read_when_asked_and_follow_the_last_frame(emulated):
     s = scene(seed=13)
     pipe = flash()
