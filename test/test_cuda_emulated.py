@@ -633,6 +633,22 @@ def test_held_depth_and_points_are_never_overwritten(emulated):
     assert np.array_equal(first.points, expected[1], equal_nan=True)  # still the caller's after close
 
 
+def test_post_calibration_tensors_from_the_gpu_pipeline_equal_the_cpu_ones(emulated, cpu_pipe):
+    from flashstereo_ros.tools.gen_post_calib_data import host_post_inputs
+
+    s = scene(seed=18)
+    pipe = flash()
+    try:
+        pipe.infer(s.left, s.right)
+        cpu_pipe.infer(s.left, s.right)
+        got, expected = host_post_inputs(pipe), host_post_inputs(cpu_pipe)
+        assert set(got) == set(expected) == set(contract.POST_INPUTS)
+        for name in expected:
+            assert got[name].dtype == expected[name].dtype and np.array_equal(got[name], expected[name]), name
+    finally:
+        pipe.close()
+
+
 def test_timings_are_read_when_asked_and_follow_the_last_frame(emulated):
     s = scene(seed=13)
     pipe = flash()

@@ -21,13 +21,17 @@ DEFAULT_OUT_DIR = "assets/post_calib"
 
 
 def host_post_inputs(pipe) -> dict[str, np.ndarray]:
-    """Copies of the post_runner inputs of the pipeline's last frame, keyed by contract name."""
+    """Copies of the post_runner inputs of the pipeline's last frame, keyed by contract name: the CPU
+    pipeline's host buffers, or the GPU pipeline's device tensors (downloaded, in the post engine's dtypes)."""
     buffers = getattr(pipe, "post_buffers", None)
-    if not isinstance(buffers, Mapping) or not all(isinstance(v, np.ndarray) for v in buffers.values()):
-        raise calibration.CalibrationDataError(
-            f"{type(pipe).__name__} does not keep its post_runner inputs in host memory (post_buffers); "
-            "run this step with --device cpu")
-    return {name: np.array(value, copy=True) for name, value in buffers.items()}
+    if isinstance(buffers, Mapping) and all(isinstance(v, np.ndarray) for v in buffers.values()):
+        return {name: np.array(value, copy=True) for name, value in buffers.items()}
+    if hasattr(pipe, "intermediates"):
+        values = pipe.intermediates()  # a cast input is under "post:<name>", the rest under its own name
+        return {name: values.get(f"post:{name}", values.get(name)) for name in pipe.geometry.post_inputs}
+    raise calibration.CalibrationDataError(
+        f"{type(pipe).__name__} exposes neither its post_runner inputs (post_buffers) nor its intermediates; "
+        "run this step with --device cpu")
 
 
 def post_samples(pipe, pairs, log=print):
@@ -44,7 +48,8 @@ def main(argv=None) -> int:
     parser.add_argument("--feat-engine", help="feature_runner to run (default: bundled 480x640 stand-in .onnx); "
                                               "an INT8 one calibrates the post stage on what INT8-both feeds it")
     parser.add_argument("--post-engine", help="post_runner whose inputs are saved (default: bundled stand-in .onnx)")
-    parser.add_argument("--device", choices=DEVICES, default="cpu", help="pipeline device (default cpu)")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="pipeline device (default cpu; cuda downloads the GPU pipeline's post inputs)")
     parser.add_argument("--backend", choices=("tensorrt", "onnxruntime", "torch"))
     parser.add_argument("--max-pairs", type=int, help="use at most this many pairs")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
