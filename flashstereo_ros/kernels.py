@@ -45,11 +45,8 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
 _CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "u64": ctypes.c_uint64, "f32": ctypes.c_float}
 GWC_XT, GWC_KT = 8, 16  # columns and disparities per thread (gwc.cu's register block)
 GWC_BLOCKS_PER_SM = None  # blocks per multiprocessor of the persistent GWC kernel (None: as many as fit)
-GWC_KERNEL_ENV = "FLASHSTEREO_GWC_KERNEL"  # which gwc.cu variant to build: one of GWC_KERNEL_VARIANTS
-GWC_KERNEL_VARIANTS = ("pipelined", "widened", "tiled")
-GWC_DEFAULT_VARIANT = "pipelined"
+GWC_KERNEL_ENV = "FLASHSTEREO_GWC_KERNEL"  # "pipelined" (default) or "tiled": which gwc.cu variant to build
 STATIC_SHARED_LIMIT = 48 * 1024
-WIDENED_SHARED_LIMIT = 64 * 1024  # dynamic shared memory per block of the widened GWC kernel: 3 blocks fit on Orin
 BLOCK_2D = (32, 8, 1)
 BLOCK_1D = (256, 1, 1)
 _modules: dict[tuple, "Module"] = {}
@@ -375,58 +372,46 @@ class GwcKernel:
     """The group-wise correlation volume from normalised half features (kernels/gwc.cu).
 
     The module is built per tile width: `prepare` picks the widest tile (a multiple of 8 columns) whose
-    shared-memory tiles fit the limit, then splits the row into equal tiles, so a 480x640 frame's
-    160-column rows are one tile each and no right column is loaded twice. Variants (`variant`, else
-    $FLASHSTEREO_GWC_KERNEL, else GWC_DEFAULT_VARIANT):
-    - "pipelined": a persistent grid of as many blocks per multiprocessor as fit (or blocks_per_sm) that
-      fetch the next tile while computing the current one, half tiles widened per read (on the H100, 4 per
-      SM ran 20.7 us, 3 per SM 24.6, 2 per SM 25.8: docs/GPU.md);
-    - "widened": the same, with the right tile widened to float once per tile (dynamic shared memory;
-      slower on the H100: 24.4 us against 21.3);
-    - "tiled": one block per tile, float tiles.
-    Every variant computes the same bits.
+    shared-memory tiles fit the static limit, then splits the row into equal tiles, so a 480x640 frame's
+    160-column rows are one tile each and no right column is loaded twice. The default, pipelined variant
+    runs a persistent grid of as many blocks per multiprocessor as fit (or blocks_per_sm) that fetch the
+    next tile while computing the current one (on the H100, 4 per SM ran 20.7 us, 3 per SM 24.6, 2 per SM
+    25.8: docs/GPU.md); pipelined=False (or FLASHSTEREO_GWC_KERNEL=tiled) builds the one-block-per-tile
+    variant instead. Every variant computes the same bits.
     """
 
     def __init__(self, group_channels: int, disparities: int, out_dtype, device_id: int = 0,
                  xt: int = GWC_XT, kt: int = GWC_KT, max_tile: int | None = None, min_blocks: int = 1,
-                 variant: str | None = None, blocks_per_sm: int | None = GWC_BLOCKS_PER_SM,
+                 pipelined: bool | None = None, blocks_per_sm: int | None = GWC_BLOCKS_PER_SM,
                  max_blocks: int | None = None):
         self.group_channels, self.disparities = int(group_channels), int(disparities)
         self.out_half = _half_flag(out_dtype, "gwc_volume")
         self.device_id, self.xt, self.kt, self.min_blocks = device_id, int(xt), int(kt), int(min_blocks)
-        self.variant = variant or os.environ.get(GWC_KERNEL_ENV, GWC_DEFAULT_VARIANT)
-        if self.variant not in GWC_KERNEL_VARIANTS:
-            raise ValueError(f"the GWC kernel variant must be one of {GWC_KERNEL_VARIANTS} "
-                             f"(argument or {GWC_KERNEL_ENV}), got {self.variant!r}")
-        self.blocks_per_sm, self.max_blocks = blocks_per_sm, max_blocks
+        if pipelined is None:
+            variant = os.environ.get(GWC_KERNEL_ENV, "pipelined")
+            if variant not in ("pipelined", "tiled"):
+                raise ValueError(f"{GWC_KERNEL_ENV} must be 'pipelined' or 'tiled', got {variant!r}")
+            pipelined = variant == "pipelined"
+        self.pipelined, self.blocks_per_sm, self.max_blocks = bool(pipelined), blocks_per_sm, max_blocks
         if self.pipelined and (self.xt != 8 or self.kt % 8):
-            raise ValueError(f"the {self.variant} GWC kernel takes xt = 8 and kt a multiple of 8, got {xt} x {kt}")
+            raise ValueError(f"the pipelined GWC kernel takes xt = 8 and kt a multiple of 8, got {xt} x {kt}")
         self.thread_rows = _blocks(self.disparities, self.kt)
-        self.shared_limit = WIDENED_SHARED_LIMIT if self.variant == "widened" else STATIC_SHARED_LIMIT
         self.max_tile = self._widest_tile() if max_tile is None else min(int(max_tile), self._widest_tile())
         if self.max_tile < 8:
             raise ModelError(f"the GWC kernel's tiles need {self.shared_bytes(8)} bytes of shared memory for "
                              f"{group_channels} channels per group and {disparities} disparities "
-                             f"(limit {self.shared_limit})")
+                             f"(limit {STATIC_SHARED_LIMIT})")
         self._kernels: dict[int, Kernel] = {}
 
-    @property
-    def pipelined(self) -> bool:
-        """A persistent grid that fetches the next tile while computing the current one."""
-        return self.variant != "tiled"
-
     def shared_bytes(self, tile: int) -> int:
-        """Shared memory of one block, as gwc.cu lays it out: the left tile and the right columns it needs
-        (rows padded to whole 8-column chunks), float (tiled), two stages of halves (pipelined), or two
-        left stages of halves, the right halves landing and the right floats (widened, dynamic)."""
+        """Static shared memory of one block, as gwc.cu declares it: the left tile and the right columns it
+        needs (rows padded to whole 8-column chunks), float (tiled) or two stages of halves (pipelined)."""
         right = (tile + self.thread_rows * self.kt + 7) // 8 * 8
-        if self.variant == "widened":
-            return self.group_channels * (2 * 2 * tile + (2 + 4) * right)
         return 4 * self.group_channels * (tile + right)
 
     def _widest_tile(self) -> int:
         tile = 0
-        while self.shared_bytes(tile + 8) <= self.shared_limit and (tile + 8) // self.xt * self.thread_rows <= 1024:
+        while self.shared_bytes(tile + 8) <= STATIC_SHARED_LIMIT and (tile + 8) // self.xt * self.thread_rows <= 1024:
             tile += 8
         return tile
 
@@ -435,23 +420,14 @@ class GwcKernel:
         tiles = _blocks(width, self.max_tile)
         return _blocks(_blocks(width, tiles), 8) * 8
 
-    def dynamic_shared(self, tile: int) -> int:
-        """Dynamic shared memory bytes of a launch (only the widened kernel declares its tiles so)."""
-        return self.shared_bytes(tile) if self.variant == "widened" else 0
-
     def defines(self, tile: int) -> dict[str, int]:
         return {"GROUP_CHANNELS": self.group_channels, "DISPARITIES": self.disparities, "OUT_HALF": self.out_half,
                 "TILE_X": tile, "XT": self.xt, "KT": self.kt, "MIN_BLOCKS": self.min_blocks,
-                "PIPELINED": int(self.pipelined), "WIDEN_RIGHT": int(self.variant == "widened")}
+                "PIPELINED": int(self.pipelined)}
 
     def kernel(self, tile: int) -> Kernel:
         if tile not in self._kernels:
-            kernel = load_module("gwc.cu", self.defines(tile), self.device_id).kernel("gwc_volume")
-            if self.dynamic_shared(tile) > STATIC_SHARED_LIMIT:  # above 48 KB a kernel must opt in
-                attr = cuda.driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-                check(cuda.driver.cuFuncSetAttribute(kernel.handle, attr, self.dynamic_shared(tile)),
-                      "cuFuncSetAttribute")
-            self._kernels[tile] = kernel
+            self._kernels[tile] = load_module("gwc.cu", self.defines(tile), self.device_id).kernel("gwc_volume")
         return self._kernels[tile]
 
     def grid(self, tile: int, groups: int, height: int, width: int) -> tuple[int, ...]:
@@ -459,7 +435,7 @@ class GwcKernel:
             return _blocks(width, tile), height, groups
         items = _blocks(width, tile) * height * groups
         threads = tile // self.xt * self.thread_rows
-        fit = self.kernel(tile).resident_blocks(threads, self.dynamic_shared(tile))
+        fit = self.kernel(tile).resident_blocks(threads)
         per_sm = max(1, fit if self.blocks_per_sm is None else min(int(self.blocks_per_sm), fit))
         sms = cuda.primary_context(self.device_id).attribute("MULTIPROCESSOR_COUNT")
         blocks = min(items, sms * per_sm, self.max_blocks or items)  # max_blocks: tests make blocks loop
@@ -469,7 +445,7 @@ class GwcKernel:
         tile = self.tile_for(width)
         block = (tile // self.xt, self.thread_rows, 1)
         return self.kernel(tile).prepare(self.grid(tile, groups, height, width), block,
-                                         (left, right, volume, groups, height, width), self.dynamic_shared(tile))
+                                         (left, right, volume, groups, height, width))
 
 
 class DisparityResizeKernel:

@@ -18,10 +18,6 @@
 // of two stages while it computes the current one, so loads, arithmetic and the stores of the previous
 // item overlap. Tiles stay half in shared memory and are widened to float as they are read. XT = 8, KT a
 // multiple of 8 (16-byte shared loads). Launch: block (TILE_X/XT, ceil(D/KT)), grid (blocks).
-// WIDEN_RIGHT=1 (with PIPELINED=1, the "widened" variant): the right columns are widened to float once per
-// item into a swizzled float tile instead of once per read (23 of the 31 conversions per channel go); the
-// left rows stay half in two stages. Needs dynamic shared memory (GwcKernel.shared_bytes): two stages of
-// left halves, one landing stage for the next item's right halves, the current item's right floats.
 // PIPELINED=0: one block per item, float tiles (swizzled for XT = 8), loaded then computed; the first
 // register-blocked version, kept for comparison. Launch: block (TILE_X/XT, ceil(D/KT)),
 // grid (ceil(W/TILE_X), H, G).
@@ -51,12 +47,6 @@
 #endif
 #ifndef PIPELINED
 #define PIPELINED 1
-#endif
-#ifndef WIDEN_RIGHT
-#define WIDEN_RIGHT 0
-#endif
-#if WIDEN_RIGHT && !PIPELINED
-#error "WIDEN_RIGHT is a form of the pipelined kernel"
 #endif
 #if (XT != 4 && XT != 8) || KT % 4 != 0 || TILE_X % 8 != 0 || TILE_X % XT != 0
 #error "XT must be 4 or 8, KT a multiple of 4, TILE_X a multiple of 8 and of XT"
@@ -118,27 +108,6 @@ __device__ __forceinline__ float4 halves_to_float4(unsigned a, unsigned b) {
                        f16_to_f32((half_bits)(b & 0xffffu)), f16_to_f32((half_bits)(b >> 16)));
 }
 
-// 8 halves (one 16-byte word) -> 8 floats at columns [j, j + 8) of a swizzled float row, j % 8 == 0
-__device__ __forceinline__ void put8(float* row, int j, uint4 w) {
-    *reinterpret_cast<float4*>(row + SWZ(j)) = halves_to_float4(w.x, w.y);
-    *reinterpret_cast<float4*>(row + SWZ(j + 4)) = halves_to_float4(w.z, w.w);
-}
-
-// channel 0 starts the sum: column x0+lx+i, disparity d0+k reads R at x-d, r[KT+i-k]
-__device__ __forceinline__ void first_products(float (&acc)[XT][KT], const float* l, const float* r) {
-#pragma unroll
-    for (int i = 0; i < XT; ++i)
-#pragma unroll
-        for (int k = 0; k < KT; ++k) acc[i][k] = l[i] * r[KT + i - k];
-}
-
-// every later channel adds its products in channel order
-__device__ __forceinline__ void add_products(float (&acc)[XT][KT], const float* l, const float* r) {
-#pragma unroll
-    for (int i = 0; i < XT; ++i)
-#pragma unroll
-        for (int k = 0; k < KT; ++k) acc[i][k] = fmaf(l[i], r[KT + i - k], acc[i][k]);
-}
 
 // The thread's results for row y of group g, columns [xb, xb + XT), disparities [d0, d0 + KT) (those < D):
 // +0 where x < d; one vector store per d when the row allows it. xb < width.
@@ -213,16 +182,16 @@ __device__ __forceinline__ Item item_at(int item, int tiles_x, int height) {
     return it;
 }
 
-// Start fetching an item's tiles: per channel the left columns [x0, x0 + TILE_X) into rows of TILE_X
-// halves at `stage`, the right columns [x0 - DPAD, x0 - DPAD + RSTRIDE) into rows of RSTRIDE halves at
-// `right_stage`, zero outside the image. 16-byte asynchronous copies when W % 8 == 0 (consecutive threads
-// take consecutive chunks of a row), else element by element (synchronous). The barrier before the
-// item's arithmetic makes either visible to the whole block.
-__device__ __forceinline__ void fetch(half_bits* stage, half_bits* right_stage, const half_bits* __restrict__ left,
+// Start fetching an item's tiles into a stage: per channel the left columns [x0, x0 + TILE_X), then the
+// right columns [x0 - DPAD, x0 - DPAD + RSTRIDE), halves, zero outside the image. 16-byte asynchronous
+// copies when W % 8 == 0 (consecutive threads take consecutive chunks of a row), else element by element
+// (synchronous). The barrier before the item's arithmetic makes either visible to the whole block.
+__device__ __forceinline__ void fetch(half_bits* stage, const half_bits* __restrict__ left,
                                       const half_bits* __restrict__ right, Item it, int width, size_t plane,
                                       int tid) {
     const size_t row = (size_t)it.g * GROUP_CHANNELS * plane + (size_t)it.y * width;
     const int rstart = it.x0 - DPAD;
+    half_bits* right_stage = stage + GROUP_CHANNELS * TILE_X;
     if ((width & 7) == 0) {
         constexpr int LCH = TILE_X / 8, RCH = RSTRIDE / 8, CH = LCH + RCH;
         for (int i = tid; i < GROUP_CHANNELS * CH; i += THREADS) {
@@ -260,7 +229,6 @@ __device__ __forceinline__ void widen8(uint4 w, float* f) {
     f[7] = b.w;
 }
 
-#if !WIDEN_RIGHT
 // one channel's operands of a thread: XT left values and XT+KT right values (r[0] unused), widened
 __device__ __forceinline__ void load_operands(const half_bits* lrow, const half_bits* rrow, float* l, float* r) {
     widen8(*reinterpret_cast<const uint4*>(lrow), l);
@@ -282,14 +250,11 @@ gwc_volume(const half_bits* __restrict__ left, const half_bits* __restrict__ rig
 
     int item = blockIdx.x;
     if (item >= items) return;
-    fetch(stages[0], stages[0] + GROUP_CHANNELS * TILE_X, left, right, item_at(item, tiles_x, height), width, plane,
-          tid);
+    fetch(stages[0], left, right, item_at(item, tiles_x, height), width, plane, tid);
     copies_commit();
     for (int s = 0; item < items; s ^= 1, item += gridDim.x) {
         const int next = item + gridDim.x;
-        if (next < items)
-            fetch(stages[s ^ 1], stages[s ^ 1] + GROUP_CHANNELS * TILE_X, left, right,
-                  item_at(next, tiles_x, height), width, plane, tid);
+        if (next < items) fetch(stages[s ^ 1], left, right, item_at(next, tiles_x, height), width, plane, tid);
         copies_commit();  // (an empty group when there is no next item)
         copies_wait_all_but_last();
         __syncthreads();  // this item's stage is complete for every thread
@@ -299,11 +264,17 @@ gwc_volume(const half_bits* __restrict__ left, const half_bits* __restrict__ rig
         float acc[XT][KT];
         float l[XT], r[XT + KT];
         load_operands(lrow, rrow, l, r);
-        first_products(acc, l, r);
+#pragma unroll
+        for (int i = 0; i < XT; ++i)
+#pragma unroll
+            for (int k = 0; k < KT; ++k) acc[i][k] = l[i] * r[KT + i - k];  // channel 0 starts the sum
 #pragma unroll 2
         for (int c = 1; c < GROUP_CHANNELS; ++c) {
             load_operands(lrow + c * TILE_X, rrow + c * RSTRIDE, l, r);
-            add_products(acc, l, r);
+#pragma unroll
+            for (int i = 0; i < XT; ++i)  // column x0+lx+i, disparity d0+k reads R at x-d: r[KT+i-k]
+#pragma unroll
+                for (int k = 0; k < KT; ++k) acc[i][k] = fmaf(l[i], r[KT + i - k], acc[i][k]);
         }
         const Item it = item_at(item, tiles_x, height);
         const int xb = it.x0 + lx;
@@ -313,95 +284,12 @@ gwc_volume(const half_bits* __restrict__ left, const half_bits* __restrict__ rig
 }
 
 #else
-// ------------------------------------------------------------------------------- pipelined, widened
-#define LEFT_STAGE (GROUP_CHANNELS * TILE_X)   // halves of one left stage
-#define RIGHT_TILE (GROUP_CHANNELS * RSTRIDE)  // elements of the right tile (halves landing, floats read)
-
-// every copy group of this thread has landed
-__device__ __forceinline__ void copies_wait_all() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group 0;" ::: "memory");
-#endif
-}
-
-// the landed right halves -> swizzled float rows, one 16-byte chunk (8 columns) per step
-__device__ __forceinline__ void widen_right(float* floats, const half_bits* halves, int tid) {
-    constexpr int CHUNKS = RSTRIDE / 8;
-    for (int i = tid; i < GROUP_CHANNELS * CHUNKS; i += THREADS) {
-        const int c = i / CHUNKS, j = 8 * (i - c * CHUNKS);
-        put8(floats + c * RSTRIDE, j, *reinterpret_cast<const uint4*>(halves + c * RSTRIDE + j));
-    }
-}
-
-// one channel's operands of a thread: XT left values widened from halves, XT+KT right floats (r[0] unused)
-__device__ __forceinline__ void load_operands(const half_bits* lrow, const float* rrow, const int* ro, float* l,
-                                              float* r) {
-    widen8(*reinterpret_cast<const uint4*>(lrow), l);
-#pragma unroll
-    for (int q = 0; q < NR4; ++q) {
-        const float4 v = *reinterpret_cast<const float4*>(rrow + ro[q]);
-        r[4 * q] = v.x;
-        r[4 * q + 1] = v.y;
-        r[4 * q + 2] = v.z;
-        r[4 * q + 3] = v.w;
-    }
-}
-
-// Per item: wait for its tiles, widen its right halves (the landing stage is then free), start fetching
-// the next item's left rows into the other left stage and its right rows into the landing stage, compute.
-extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
-gwc_volume(const half_bits* __restrict__ left, const half_bits* __restrict__ right, out_t* __restrict__ vol,
-           int groups, int height, int width) {
-    extern __shared__ __align__(16) unsigned char dynamic_shared[];
-    half_bits* left_stages = reinterpret_cast<half_bits*>(dynamic_shared);               // [2][LEFT_STAGE]
-    half_bits* right_landing = left_stages + 2 * LEFT_STAGE;                       // [RIGHT_TILE] halves
-    float* right_floats = reinterpret_cast<float*>(right_landing + RIGHT_TILE);    // [RIGHT_TILE], swizzled
-    const int tiles_x = (width + TILE_X - 1) / TILE_X;
-    const int items = tiles_x * height * groups;
-    const size_t plane = (size_t)height * width;
-    const int tid = threadIdx.y * TX + threadIdx.x;
-    const int lx = threadIdx.x * XT;     // first local column of this thread
-    const int d0 = threadIdx.y * KT;     // first disparity of this thread
-    const int jb = lx - d0 + DPAD - KT;  // r[m] = right tile column jb + m = R at column x0+lx-d0-KT+m
-    int ro[NR4];
-#pragma unroll
-    for (int q = 0; q < NR4; ++q) ro[q] = SWZ(jb + 4 * q);
-
-    int item = blockIdx.x;
-    if (item >= items) return;
-    fetch(left_stages, right_landing, left, right, item_at(item, tiles_x, height), width, plane, tid);
-    copies_commit();
-    for (int s = 0; item < items; s ^= 1, item += gridDim.x) {
-        copies_wait_all();
-        __syncthreads();  // the item's tiles are complete, and every thread is done with the previous item
-        widen_right(right_floats, right_landing, tid);
-        __syncthreads();  // the float rows are complete and the landing stage is free
-        const int next = item + gridDim.x;
-        if (next < items) {
-            fetch(left_stages + (s ^ 1) * LEFT_STAGE, right_landing, left, right, item_at(next, tiles_x, height),
-                  width, plane, tid);
-            copies_commit();
-        }
-
-        const half_bits* lrow = left_stages + s * LEFT_STAGE + lx;
-        float acc[XT][KT];
-        float l[XT], r[XT + KT];
-        load_operands(lrow, right_floats, ro, l, r);
-        first_products(acc, l, r);
-#pragma unroll 2
-        for (int c = 1; c < GROUP_CHANNELS; ++c) {
-            load_operands(lrow + c * TILE_X, right_floats + c * RSTRIDE, ro, l, r);
-            add_products(acc, l, r);
-        }
-        const Item it = item_at(item, tiles_x, height);
-        const int xb = it.x0 + lx;
-        if (xb < width) store_outputs(vol, acc, it.g, it.y, xb, d0, width, plane);
-    }
-}
-#endif  // WIDEN_RIGHT
-
-#else
 // ---------------------------------------------------------------------------------------------- tiled
+// 8 halves (one 16-byte word) -> 8 floats at columns [j, j + 8) of a swizzled shared row, j % 8 == 0
+__device__ __forceinline__ void put8(float* row, int j, uint4 w) {
+    *reinterpret_cast<float4*>(row + SWZ(j)) = halves_to_float4(w.x, w.y);
+    *reinterpret_cast<float4*>(row + SWZ(j + 4)) = halves_to_float4(w.z, w.w);
+}
 
 // Fill COUNT_PER_ROW 8-column chunks of GROUP_CHANNELS rows from global columns [start, start + 8*count):
 // chunks wholly outside [0, width) are zero. W % 8 == 0, start % 8 == 0. Four 16-byte loads in flight.
@@ -495,11 +383,17 @@ gwc_volume(const half_bits* __restrict__ left, const half_bits* __restrict__ rig
     float acc[XT][KT];
     float l[XT], r[XT + KT];
     load_operands(tile_left, tile_right, lo, ro, l, r);
-    first_products(acc, l, r);
+#pragma unroll
+    for (int i = 0; i < XT; ++i)
+#pragma unroll
+        for (int k = 0; k < KT; ++k) acc[i][k] = l[i] * r[KT + i - k];  // channel 0 starts the sum
 #pragma unroll 2
     for (int c = 1; c < GROUP_CHANNELS; ++c) {
         load_operands(tile_left + c * TILE_X, tile_right + c * RSTRIDE, lo, ro, l, r);
-        add_products(acc, l, r);
+#pragma unroll
+        for (int i = 0; i < XT; ++i)  // column x0+lx+i, disparity d0+k reads R at x-d: r[KT+i-k]
+#pragma unroll
+            for (int k = 0; k < KT; ++k) acc[i][k] = fmaf(l[i], r[KT + i - k], acc[i][k]);
     }
 
     const int xb = x0 + lx;

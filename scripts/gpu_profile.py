@@ -2,7 +2,6 @@
 
     python3 scripts/gpu_profile.py --models /tmp/standin_480x640 [--out DIR] [--parts gwc,host,pipelined]
 
-gwc_once   one launch of the default and the widened GWC kernel, nothing else (to run under ncu)
 gwc        the GWC kernel's register-block / tile variants at the stand-in shape, each checked bit for bit
            against gwc.gwc_volume and timed like flashstereo-bench --kernels (20 back-to-back launches per
            event pair, median of 200), registers and resident blocks per SM from the driver; each also
@@ -69,13 +68,11 @@ def event_median(stream, launch, reps=200, batch=20) -> float:
 
 # ------------------------------------------------------------------------------------------------ GWC
 GWC_VARIANTS = [  # (label, GwcKernel options)
-    ("pipelined 8x16, all that fit", {"variant": "pipelined"}), ("pipelined 8x16, 3/SM", {"blocks_per_sm": 3}),
+    ("pipelined 8x16, all that fit (default)", {}), ("pipelined 8x16, 3/SM", {"blocks_per_sm": 3}),
     ("pipelined 8x16, 2/SM", {"blocks_per_sm": 2}), ("pipelined 8x8, all that fit", {"kt": 8}),
-    ("tiled 8x16 row", {"variant": "tiled"}), ("tiled 4x16 row", {"variant": "tiled", "xt": 4, "kt": 16}),
-    ("tiled 4x8 row", {"variant": "tiled", "xt": 4, "kt": 8}),
-    ("widened 8x16, all that fit", {"variant": "widened"}), ("widened 8x8, all that fit", {"variant": "widened", "kt": 8}),
+    ("tiled 8x16 row", {"pipelined": False}), ("tiled 4x16 row", {"pipelined": False, "xt": 4, "kt": 16}),
+    ("tiled 4x8 row", {"pipelined": False, "xt": 4, "kt": 8}),
 ]
-GWC_NCU_VARIANTS = ("pipelined", "widened")  # gwc_once: one launch each, for ncu
 
 
 def _func_info(kernel) -> dict:
@@ -85,26 +82,9 @@ def _func_info(kernel) -> dict:
     return {"registers": int(regs)}
 
 
-def _occupancy(kernel, threads, shared=0) -> int:
-    return int(cuda.check(cuda.driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(kernel.handle, threads, shared),
+def _occupancy(kernel, threads) -> int:
+    return int(cuda.check(cuda.driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(kernel.handle, threads, 0),
                           "cuOccupancyMaxActiveBlocksPerMultiprocessor"))
-
-
-@section("gwc_once")
-def gwc_once(shape=(1, 224, 120, 160), groups=8, disparities=48):
-    """One launch of each GWC_NCU_VARIANTS kernel at the stand-in shape (run under ncu for its counters)."""
-    cuda.primary_context(0)
-    stream = cuda.Stream()
-    rng = np.random.default_rng(0)
-    bufs = [cuda.DeviceBuffer(shape, np.float16) for _ in range(2)]
-    for buf in bufs:
-        buf.upload(gwc.normalize_groups(rng.standard_normal(shape).astype(np.float32), groups))
-    volume = cuda.DeviceBuffer((1, groups, disparities, *shape[2:]), np.float16)
-    for variant in GWC_NCU_VARIANTS:
-        k = kernels.GwcKernel(shape[1] // groups, disparities, np.float16, variant=variant)
-        k.prepare(*bufs, volume, groups, *shape[2:]).run(stream)
-    stream.synchronize()
-    return {"variants": list(GWC_NCU_VARIANTS)}
 
 
 @section("gwc")
@@ -137,7 +117,7 @@ def gwc_sweep(shape=(1, 224, 120, 160), groups=8, disparities=48):
             if options is None:
                 defines = {"GROUP_CHANNELS": c // groups, "DISPARITIES": disparities, "OUT_HALF": 1}
                 kernel = kernels.load_module("gwc_v1.cu", defines).kernel("gwc_volume")
-                block, grid, tile, shared = (16, 6, 1), (-(-w // 64), h, groups), 64, 0
+                block, grid, tile = (16, 6, 1), (-(-w // 64), h, groups), 64
                 # v1 took (left, right, vol, height, width): the driver reads only the first 5 parameters
                 launch = kernel.prepare(grid, block, (dl, dr, volume, h, w, 0))
             else:
@@ -146,14 +126,14 @@ def gwc_sweep(shape=(1, 224, 120, 160), groups=8, disparities=48):
                 kernel = k.kernel(tile)
                 block = (tile // k.xt, k.thread_rows, 1)
                 launch = k.prepare(dl, dr, volume, groups, h, w)
-                grid, shared = launch.grid, launch.shared
+                grid = launch.grid
             volume.fill_nan_async(stream)
             launch.run(stream)
             equal = bool(np.array_equal(volume.download(stream).view(np.uint16), expect.view(np.uint16)))
             ms = event_median(stream, launch.run)
             threads = block[0] * block[1]
             row = {"variant": label, "tile": tile, "threads": threads, "grid": list(grid), **_func_info(kernel),
-                   "blocks_per_sm": _occupancy(kernel, threads, shared), "median_us": ms * 1e3,
+                   "blocks_per_sm": _occupancy(kernel, threads), "median_us": ms * 1e3,
                    "GB_per_s": nbytes / ms / 1e6, "fraction_of_copy": nbytes / ms / 1e6 / copy_rate,
                    "equals_numpy": equal}
         except Exception as exc:  # a variant that does not build or launch is reported, not fatal
@@ -514,8 +494,6 @@ def main() -> int:
     cuda.primary_context(0)
     print("device:", cuda.primary_context(0).name, "nvrtc", kernels.nvrtc_version())
     parts = args.parts.split(",")
-    if "gwc_once" in parts:
-        gwc_once()
     if "gwc" in parts:
         gwc_sweep()
     if "host" in parts:

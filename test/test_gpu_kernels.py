@@ -66,21 +66,17 @@ def test_group_norm_kernel_is_bit_identical_to_numpy(stream, in_dtype):
 # ---------------------------------------------------------------------------------------- GWC volume
 # widths: odd (element-wise tile loads, scalar stores), a multiple of 4 only, one 480x640 row (one tile,
 # 16-byte copies), three tiles per row; the pipelined kernel also with a few blocks that each loop over
-# many items (both shared-memory stages reused), the widened one likewise, and the tiled variant with
-# both register blocks
-GWC_VARIANTS = {"pipelined": {"variant": "pipelined"}, "pipelined, 3 blocks": {"variant": "pipelined", "max_blocks": 3},
-                "widened": {"variant": "widened"}, "widened, 3 blocks": {"variant": "widened", "max_blocks": 3},
-                "tiled 8x16": {"variant": "tiled"}, "tiled 4x8": {"variant": "tiled", "xt": 4, "kt": 8}}
+# many items (both shared-memory stages reused), and the tiled variant with both register blocks
+GWC_VARIANTS = {"pipelined": {}, "pipelined, 3 blocks": {"max_blocks": 3},
+                "tiled 8x16": {"pipelined": False}, "tiled 4x8": {"pipelined": False, "xt": 4, "kt": 8}}
 
 
 @pytest.mark.parametrize("out_dtype", [np.float16, np.float32])
 @pytest.mark.parametrize("group_channels,disparities,h,w,variant", [
     (28, 48, 13, 75, "pipelined"), (28, 48, 13, 75, "pipelined, 3 blocks"), (28, 48, 5, 20, "pipelined"),
     (8, 12, 7, 33, "pipelined"), (28, 48, 4, 160, "pipelined"), (28, 48, 4, 160, "pipelined, 3 blocks"),
-    (28, 48, 3, 400, "pipelined, 3 blocks"), (28, 48, 13, 75, "widened"), (28, 48, 13, 75, "widened, 3 blocks"),
-    (28, 48, 5, 20, "widened"), (8, 12, 7, 33, "widened"), (28, 48, 4, 160, "widened"),
-    (28, 48, 4, 160, "widened, 3 blocks"), (28, 48, 3, 400, "widened, 3 blocks"), (28, 48, 3, 160, "tiled 8x16"),
-    (28, 48, 3, 75, "tiled 4x8"), (8, 12, 7, 33, "tiled 8x16")])
+    (28, 48, 3, 400, "pipelined, 3 blocks"), (28, 48, 3, 160, "tiled 8x16"), (28, 48, 3, 75, "tiled 4x8"),
+    (8, 12, 7, 33, "tiled 8x16")])
 def test_gwc_kernel_is_bit_identical_to_numpy(stream, out_dtype, group_channels, disparities, h, w, variant):
     rng = np.random.default_rng(group_channels * w + h)
     groups = 8
@@ -226,8 +222,7 @@ def test_we_share_torch_context():
     assert int(current) == int(ctx.handle)
 
 
-@pytest.mark.parametrize("gwc_variant", ["pipelined", "widened"])
-def test_cuda_graph_capture_and_replay_of_kernels_and_copies(stream, gwc_variant):
+def test_cuda_graph_capture_and_replay_of_kernels_and_copies(stream):
     """The capture path TensorRT frames use (graph_capture='cuda'): copies + kernels, replayed on new data."""
     rng = np.random.default_rng(9)
     groups, channels, h, w, d = 8, 224, 6, 40, 48
@@ -237,8 +232,7 @@ def test_cuda_graph_capture_and_replay_of_kernels_and_copies(stream, gwc_variant
     volume = cuda.DeviceBuffer((1, groups, d, h, w), np.float16)
     volume_host = cuda.PinnedBuffer(volume.shape, np.float16)
     norm = kernels.GroupNormKernel(channels // groups, np.float32).prepare(*dev_in, *normed, groups, h * w)
-    gwc_kernel = kernels.GwcKernel(channels // groups, d, np.float16, variant=gwc_variant)
-    gwc_launch = gwc_kernel.prepare(*normed, volume, groups, h, w)
+    gwc_launch = kernels.GwcKernel(channels // groups, d, np.float16).prepare(*normed, volume, groups, h, w)
     graph = cuda.CudaGraph()
     graph.begin_capture(stream)
     for host, dev in zip(feats, dev_in):

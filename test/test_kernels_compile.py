@@ -17,10 +17,8 @@ VARIANTS = [
     ("gwc.cu", kernels.GwcKernel(28, 48, np.float16).defines(160)),  # a 480x640 frame's 1/4 row: one tile
     ("gwc.cu", kernels.GwcKernel(28, 48, np.float32).defines(160)),
     ("gwc.cu", kernels.GwcKernel(40, 104, np.float16).defines(88)),
-    ("gwc.cu", kernels.GwcKernel(28, 48, np.float16, variant="tiled").defines(160)),  # the tiled variant
-    ("gwc.cu", kernels.GwcKernel(28, 48, np.float16, xt=4, kt=8, variant="tiled").defines(64)),
-    ("gwc.cu", kernels.GwcKernel(28, 48, np.float16, variant="widened").defines(160)),
-    ("gwc.cu", kernels.GwcKernel(28, 48, np.float32, variant="widened").defines(160)),
+    ("gwc.cu", kernels.GwcKernel(28, 48, np.float16, pipelined=False).defines(160)),  # the tiled variant
+    ("gwc.cu", kernels.GwcKernel(28, 48, np.float16, xt=4, kt=8, pipelined=False).defines(64)),
     ("glue.cu", {"IN_HALF": 0}), ("glue.cu", {"IN_HALF": 1}),
     ("depth_points.cu", None),
 ]
@@ -98,20 +96,7 @@ def test_pipelined_gwc_copies_tiles_asynchronously():
     assert "cp.async.cg.shared.global" in ptx and "cp.async.wait_group 1" in ptx
     assert kernels.GwcKernel(28, 48, np.float16).pipelined
     with pytest.raises(ValueError, match="xt = 8"):
-        kernels.GwcKernel(28, 48, np.float16, xt=4, kt=8, variant="pipelined")
-
-
-def test_widened_gwc_declares_its_tiles_as_dynamic_shared_memory():
-    """The widened kernel's 52 KB of tiles are dynamic (over the 48 KB static limit), one 160-column tile."""
-    _nvrtc_usable()
-    gwc = kernels.GwcKernel(28, 48, np.float16, variant="widened")
-    assert gwc.pipelined and gwc.tile_for(160) == 160
-    assert kernels.STATIC_SHARED_LIMIT < gwc.dynamic_shared(160) <= kernels.WIDENED_SHARED_LIMIT
-    ptx = kernels.compile_ptx("gwc.cu", "compute_90", gwc.defines(160))
-    assert ".extern .shared" in ptx and not re.findall(r"\.shared \.align \d+ \.b8 \S+\[\d+\]", ptx)
-    assert "cp.async.wait_group 0" in ptx
-    with pytest.raises(ValueError, match="variant"):
-        kernels.GwcKernel(28, 48, np.float16, variant="fast")
+        kernels.GwcKernel(28, 48, np.float16, xt=4, kt=8, pipelined=True)
 
 
 def test_gwc_tiles_fit_static_shared_memory_and_cover_the_row():
@@ -132,8 +117,8 @@ def test_gwc_kernel_shared_memory_is_what_the_host_computes():
     """ptxas' own count of the static shared memory equals GwcKernel.shared_bytes (the host's tile choice)."""
     _nvrtc_usable()
     cases = ((kernels.GwcKernel(28, 48, np.float16), 160), (kernels.GwcKernel(40, 104, np.float16), 88),
-             (kernels.GwcKernel(8, 12, np.float32), 40), (kernels.GwcKernel(28, 48, np.float16, variant="tiled"), 160),
-             (kernels.GwcKernel(28, 48, np.float16, xt=4, kt=8, variant="tiled"), 72))
+             (kernels.GwcKernel(8, 12, np.float32), 40), (kernels.GwcKernel(28, 48, np.float16, pipelined=False), 160),
+             (kernels.GwcKernel(28, 48, np.float16, xt=4, kt=8, pipelined=False), 72))
     for gwc, tile in cases:
         ptx = kernels.compile_ptx("gwc.cu", "compute_90", gwc.defines(tile))
         declared = sum(int(n) for n in re.findall(r"\.shared \.align \d+ \.b8 \S+\[(\d+)\]", ptx))
