@@ -375,8 +375,8 @@ class GwcKernel:
     shared-memory tiles fit the static limit, then splits the row into equal tiles, so a 480x640 frame's
     160-column rows are one tile each and no right column is loaded twice. The default, pipelined variant
     runs a persistent grid of as many blocks per multiprocessor as fit (or blocks_per_sm) that fetch the
-    next tile while computing the current one (on the H100, 4 per SM ran 20.7 us, 3 per SM 24.6, 2 per SM
-    25.8: docs/GPU.md); pipelined=False (or FLASHSTEREO_GWC_KERNEL=tiled) builds the one-block-per-tile
+    next tile while computing the current one (on the H100, 4 per SM ran 19.3 us; capping registers to fit 5 per
+    SM was slower, 21.4-21.6 us: docs/GPU.md); pipelined=False (or FLASHSTEREO_GWC_KERNEL=tiled) builds the one-block-per-tile
     variant instead. Every variant computes the same bits.
     """
 

@@ -110,38 +110,40 @@ __device__ __forceinline__ float4 halves_to_float4(unsigned a, unsigned b) {
 
 
 // The thread's results for row y of group g, columns [xb, xb + XT), disparities [d0, d0 + KT) (those < D):
-// +0 where x < d; one vector store per d when the row allows it. xb < width.
+// +0 where x < d; one vector store per d when the row allows it. xb < width. The layout test is made once,
+// not per d: the per-d code is then only the masking, the packing and the store.
 __device__ __forceinline__ void store_outputs(out_t* __restrict__ vol, const float (&acc)[XT][KT], int g, int y,
                                               int xb, int d0, int width, size_t plane) {
-    const bool vector_store = (width % (OUT_HALF ? XT : 4)) == 0 && xb + XT <= width;
+    out_t* out = vol + ((size_t)g * DISPARITIES + d0) * plane + (size_t)y * width + xb;
+    const int t = d0 - xb;  // column i at disparity d0 + k is x < d, i.e. +0, when i - k < t
+    if ((width % (OUT_HALF ? XT : 4)) == 0 && xb + XT <= width) {
 #pragma unroll
-    for (int k = 0; k < KT; ++k) {
-        const int d = d0 + k;
-        if (d >= DISPARITIES) break;
-        out_t* out = vol + ((size_t)g * DISPARITIES + d) * plane + (size_t)y * width + xb;
-        float v[XT];
+        for (int k = 0; k < KT; ++k) {
+            if (DPAD != DISPARITIES && d0 + k >= DISPARITIES) break;
+            float v[XT];
 #pragma unroll
-        for (int i = 0; i < XT; ++i) v[i] = xb + i >= d ? acc[i][k] : 0.0f;
-        if (vector_store) {
-            store_row(out, v);
-        } else {
+            for (int i = 0; i < XT; ++i) v[i] = i - k >= t ? acc[i][k] : 0.0f;
+            store_row(out + k * plane, v);
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < KT; ++k) {
+            if (DPAD != DISPARITIES && d0 + k >= DISPARITIES) break;
 #pragma unroll
             for (int i = 0; i < XT; ++i)
-                if (xb + i < width) store_f32(out, i, v[i]);
+                if (xb + i < width) store_f32(out + k * plane, i, i - k >= t ? acc[i][k] : 0.0f);
         }
     }
 }
 
 #if PIPELINED
 // ------------------------------------------------------------------------------------------ pipelined
-#define STAGE (GROUP_CHANNELS * (TILE_X + RSTRIDE))  // halves per stage: the left rows, then the right rows
+#define CSTRIDE (TILE_X + RSTRIDE)                   // halves per channel in a stage: its left row, then its right row
+#define STAGE (GROUP_CHANNELS * CSTRIDE)
 #define NR8 ((XT + KT) / 8)                          // 16-byte right loads per channel (r[0] unused)
 
-__device__ __forceinline__ unsigned shared_address(const void* p) {
-    unsigned a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
+// (an intrinsic, not asm, so the compiler folds a stage's offsets into one 32-bit shared address)
+__device__ __forceinline__ unsigned shared_address(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
 // 16 bytes global -> shared without passing through registers (sm_80+ cp.async), or 16 zero bytes when
 // !valid (then nothing is read)
@@ -182,36 +184,37 @@ __device__ __forceinline__ Item item_at(int item, int tiles_x, int height) {
     return it;
 }
 
-// Start fetching an item's tiles into a stage: per channel the left columns [x0, x0 + TILE_X), then the
-// right columns [x0 - DPAD, x0 - DPAD + RSTRIDE), halves, zero outside the image. 16-byte asynchronous
-// copies when W % 8 == 0 (consecutive threads take consecutive chunks of a row), else element by element
-// (synchronous). The barrier before the item's arithmetic makes either visible to the whole block.
+// Start fetching an item's tiles into a stage: per channel (CSTRIDE halves apart) the left columns
+// [x0, x0 + TILE_X), then the right columns [x0 - DPAD, x0 - DPAD + RSTRIDE), halves, zero outside the
+// image. When W % 8 == 0, 16-byte asynchronous copies: a thread takes the same chunk q of a channel's
+// (left, right) row in every channel, so its source, destination and validity are worked out once per
+// item and each channel costs a pointer step and the copy (about 3 instructions, against about 40 when
+// the index was divided per chunk: docs/GPU.md). Else element by element (synchronous).
+// The barrier before the item's arithmetic makes either visible to the whole block.
 __device__ __forceinline__ void fetch(half_bits* stage, const half_bits* __restrict__ left,
                                       const half_bits* __restrict__ right, Item it, int width, size_t plane,
                                       int tid) {
     const size_t row = (size_t)it.g * GROUP_CHANNELS * plane + (size_t)it.y * width;
-    const int rstart = it.x0 - DPAD;
-    half_bits* right_stage = stage + GROUP_CHANNELS * TILE_X;
+    const int rstart = it.x0 - DPAD - TILE_X;  // stage column j >= TILE_X holds right column rstart + j
     if ((width & 7) == 0) {
-        constexpr int LCH = TILE_X / 8, RCH = RSTRIDE / 8, CH = LCH + RCH;
-        for (int i = tid; i < GROUP_CHANNELS * CH; i += THREADS) {
-            const int c = i / CH, q = i - c * CH;
-            const bool is_left = q < LCH;
-            const int j = 8 * (is_left ? q : q - LCH);
-            const int x = (is_left ? it.x0 : rstart) + j;
-            const half_bits* src = (is_left ? left : right) + row + (size_t)c * plane;
-            half_bits* dst = is_left ? stage + c * TILE_X + j : right_stage + c * RSTRIDE + j;
+        constexpr int CH = CSTRIDE / 8;  // 16-byte chunks per channel; chunk q sits at stage column 8q
+#pragma unroll
+        for (int q0 = 0; q0 < CH; q0 += THREADS) {
+            const int q = q0 + tid;
+            if (q >= CH) break;
+            const bool is_left = q < TILE_X / 8;
+            const int x = (is_left ? it.x0 : rstart) + 8 * q;
             const bool valid = x >= 0 && x < width;
-            copy16(dst, valid ? src + x : src, valid);
+            const half_bits* src = (is_left ? left : right) + row + (valid ? x : 0);
+#pragma unroll
+            for (int c = 0; c < GROUP_CHANNELS; ++c) copy16(stage + c * CSTRIDE + 8 * q, src + c * plane, valid);
         }
     } else {
-        for (int i = tid; i < GROUP_CHANNELS * TILE_X; i += THREADS) {
-            const int c = i / TILE_X, j = i - c * TILE_X, x = it.x0 + j;
-            stage[c * TILE_X + j] = x < width ? left[row + (size_t)c * plane + x] : (half_bits)0;
-        }
-        for (int i = tid; i < GROUP_CHANNELS * RSTRIDE; i += THREADS) {
-            const int c = i / RSTRIDE, j = i - c * RSTRIDE, x = rstart + j;
-            right_stage[c * RSTRIDE + j] = (x >= 0 && x < width) ? right[row + (size_t)c * plane + x] : (half_bits)0;
+        for (int i = tid; i < STAGE; i += THREADS) {
+            const int c = i / CSTRIDE, j = i - c * CSTRIDE;
+            const bool is_left = j < TILE_X;
+            const int x = (is_left ? it.x0 : rstart) + j;
+            stage[i] = (x >= 0 && x < width) ? (is_left ? left : right)[row + (size_t)c * plane + x] : (half_bits)0;
         }
     }
 }
@@ -250,17 +253,22 @@ gwc_volume(const half_bits* __restrict__ left, const half_bits* __restrict__ rig
 
     int item = blockIdx.x;
     if (item >= items) return;
-    fetch(stages[0], left, right, item_at(item, tiles_x, height), width, plane, tid);
+    Item it = item_at(item, tiles_x, height);  // the current item's place, worked out once when fetched
+    fetch(stages[0], left, right, it, width, plane, tid);
     copies_commit();
     for (int s = 0; item < items; s ^= 1, item += gridDim.x) {
         const int next = item + gridDim.x;
-        if (next < items) fetch(stages[s ^ 1], left, right, item_at(next, tiles_x, height), width, plane, tid);
+        Item next_it = it;
+        if (next < items) {
+            next_it = item_at(next, tiles_x, height);
+            fetch(stages[s ^ 1], left, right, next_it, width, plane, tid);
+        }
         copies_commit();  // (an empty group when there is no next item)
         copies_wait_all_but_last();
         __syncthreads();  // this item's stage is complete for every thread
 
         const half_bits* lrow = stages[s] + lx;
-        const half_bits* rrow = stages[s] + GROUP_CHANNELS * TILE_X + jb;
+        const half_bits* rrow = stages[s] + TILE_X + jb;
         float acc[XT][KT];
         float l[XT], r[XT + KT];
         load_operands(lrow, rrow, l, r);
@@ -270,15 +278,15 @@ gwc_volume(const half_bits* __restrict__ left, const half_bits* __restrict__ rig
             for (int k = 0; k < KT; ++k) acc[i][k] = l[i] * r[KT + i - k];  // channel 0 starts the sum
 #pragma unroll 2
         for (int c = 1; c < GROUP_CHANNELS; ++c) {
-            load_operands(lrow + c * TILE_X, rrow + c * RSTRIDE, l, r);
+            load_operands(lrow + c * CSTRIDE, rrow + c * CSTRIDE, l, r);
 #pragma unroll
             for (int i = 0; i < XT; ++i)  // column x0+lx+i, disparity d0+k reads R at x-d: r[KT+i-k]
 #pragma unroll
                 for (int k = 0; k < KT; ++k) acc[i][k] = fmaf(l[i], r[KT + i - k], acc[i][k]);
         }
-        const Item it = item_at(item, tiles_x, height);
         const int xb = it.x0 + lx;
         if (xb < width) store_outputs(vol, acc, it.g, it.y, xb, d0, width, plane);
+        it = next_it;
         __syncthreads();  // every thread is done with stages[s] before the next iteration refills it
     }
 }

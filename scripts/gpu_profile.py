@@ -6,7 +6,9 @@ gwc        the GWC kernel's register-block / tile variants at the stand-in shape
            against gwc.gwc_volume and timed like flashstereo-bench --kernels (20 back-to-back launches per
            event pair, median of 200), registers and resident blocks per SM from the driver; each also
            with 4 rotating input/output sets (128 MB, more than the 50 MB L2).
-           kernels/gwc_v1.cu, when present (an older gwc.cu, TILE_X 64, 4 x 8), is timed too.
+           kernels/gwc_v1.cu, when present (an older gwc.cu, TILE_X 64, 4 x 8), is timed too; so is
+           kernels/gwc_prev.cu, when present (an earlier pipelined gwc.cu, e.g. `git show HEAD:kernels/gwc.cu`,
+           built with the current GwcKernel's defines and grid rule), for an A/B in the same run.
 host       where the host time of one graph-mode process() goes: sections timed with perf_counter inside
            the call, cProfile's top functions, and micro-benchmarks of the staging copies and driver calls;
            with and without the helper thread that stages the right image.
@@ -112,21 +114,33 @@ def gwc_sweep(shape=(1, 224, 120, 160), groups=8, disparities=48):
     variants = list(GWC_VARIANTS)
     if (ROOT / "kernels" / "gwc_v1.cu").exists():
         variants.insert(0, ("v1 (committed 4x8 t64)", None))
+    if (ROOT / "kernels" / "gwc_prev.cu").exists():
+        variants.insert(1, ("previous gwc.cu, all that fit", ("gwc_prev.cu", {})))
+
+    def prepare(options, a, b, v):
+        """(kernel, launch, tile, block) of one variant over buffers a, b -> v"""
+        if options is None:
+            defines = {"GROUP_CHANNELS": c // groups, "DISPARITIES": disparities, "OUT_HALF": 1}
+            kernel = kernels.load_module("gwc_v1.cu", defines).kernel("gwc_volume")
+            block, grid, tile = (16, 6, 1), (-(-w // 64), h, groups), 64
+            # v1 took (left, right, vol, height, width): the driver reads only the first 5 parameters
+            return kernel, kernel.prepare(grid, block, (a, b, v, h, w, 0)), tile, block
+        if isinstance(options, tuple):  # (source, extra defines): the current host's tile and grid rule
+            k = kernels.GwcKernel(c // groups, disparities, np.float16)
+            tile = k.tile_for(w)
+            kernel = kernels.load_module(options[0], {**k.defines(tile), **options[1]}).kernel("gwc_volume")
+            block = (tile // k.xt, k.thread_rows, 1)
+            sms = cuda.primary_context(0).attribute("MULTIPROCESSOR_COUNT")
+            grid = (min(-(-w // tile) * h * groups, sms * kernel.resident_blocks(block[0] * block[1])),)
+            return kernel, kernel.prepare(grid, block, (a, b, v, groups, h, w)), tile, block
+        k = kernels.GwcKernel(c // groups, disparities, np.float16, **options)
+        tile = k.tile_for(w)
+        return k.kernel(tile), k.prepare(a, b, v, groups, h, w), tile, (tile // k.xt, k.thread_rows, 1)
+
     for label, options in variants:
         try:
-            if options is None:
-                defines = {"GROUP_CHANNELS": c // groups, "DISPARITIES": disparities, "OUT_HALF": 1}
-                kernel = kernels.load_module("gwc_v1.cu", defines).kernel("gwc_volume")
-                block, grid, tile = (16, 6, 1), (-(-w // 64), h, groups), 64
-                # v1 took (left, right, vol, height, width): the driver reads only the first 5 parameters
-                launch = kernel.prepare(grid, block, (dl, dr, volume, h, w, 0))
-            else:
-                k = kernels.GwcKernel(c // groups, disparities, np.float16, **options)
-                tile = k.tile_for(w)
-                kernel = k.kernel(tile)
-                block = (tile // k.xt, k.thread_rows, 1)
-                launch = k.prepare(dl, dr, volume, groups, h, w)
-                grid = launch.grid
+            kernel, launch, tile, block = prepare(options, dl, dr, volume)
+            grid = launch.grid
             volume.fill_nan_async(stream)
             launch.run(stream)
             equal = bool(np.array_equal(volume.download(stream).view(np.uint16), expect.view(np.uint16)))
@@ -148,11 +162,10 @@ def gwc_sweep(shape=(1, 224, 120, 160), groups=8, disparities=48):
         bufs[0].upload(left)
         bufs[1].upload(right)
         sets.append(bufs)
-    for label, options in variants:
+    for label, options in variants + [v for v in variants[:2] if v[1] is not None]:  # the first ones twice: noise
         if options is None:
             continue
-        k = kernels.GwcKernel(c // groups, disparities, np.float16, **options)
-        prepared = [k.prepare(a, b, v, groups, h, w) for a, b, v in sets]
+        prepared = [prepare(options, a, b, v)[1] for a, b, v in sets]
         state = {"i": 0}
 
         def rotate(s):
