@@ -44,18 +44,13 @@ class CpuStereoPipeline(StereoPipelineBase):
         self.normalized: tuple[np.ndarray, np.ndarray] | None = None
 
     def _bind(self) -> None:
-        feature, post, geo = self.engines.feature, self.engines.post, self.geometry
-        for name, spec in list(geo.image_inputs.items()) + list(geo.feature_outputs.items()):
-            feature.bind(spec.name, self.buffers[name].ctypes.data)
-        for name, spec in geo.post_inputs.items():
-            post.bind(spec.name, self.post_buffers[name].ctypes.data)
-        post.bind(geo.disparity.name, self.disparity.ctypes.data)
-        for runner, specs in ((feature, geo.feature_outputs), (post, {contract.DISPARITY: geo.disparity})):
-            bound = {spec.name for spec in specs.values()}
-            for name, spec in runner.outputs.items():
-                if name not in bound:  # outputs outside the contract still need somewhere to go
-                    scratch = self.buffers.setdefault(f"scratch:{name}", np.zeros(spec.shape, spec.dtype))
-                    runner.bind(name, scratch.ctypes.data)
+        self.engines.bind({name: buf.ctypes.data for name, buf in self.buffers.items()},
+                          {name: buf.ctypes.data for name, buf in self.post_buffers.items()},
+                          self.disparity.ctypes.data, self._scratch)
+
+    def _scratch(self, spec: contract.TensorSpec) -> int:
+        buffer = self.buffers.setdefault(f"scratch:{spec.name}", np.zeros(spec.shape, spec.dtype))
+        return buffer.ctypes.data
 
     def process(self, left: np.ndarray, right: np.ndarray, encoding: str | None = None,
                 right_encoding: str | None = None, camera: StereoCamera | None = None,

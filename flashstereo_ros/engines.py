@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Callable, Mapping
 
-from .contract import Geometry, ModelConfig, check_contract
+from . import contract
+from .contract import Geometry, ModelConfig, TensorSpec, check_contract
 from .errors import ModelError
 from .runners import HOST, Runner, backend_for, open_runner
 
@@ -25,6 +27,23 @@ class EnginePair:
 
     def device_bytes(self) -> int:
         return self.feature.device_bytes() + self.post.device_bytes()
+
+    def bind(self, feature_io: Mapping[str, int], post_inputs: Mapping[str, int], disparity: int,
+             scratch: Callable[[TensorSpec], int]) -> None:
+        """Bind both stages by contract name: feature_io holds the addresses of the image inputs and the
+        feature outputs, post_inputs those of the post stage's inputs; an output outside the contract gets
+        the address scratch(spec) returns (it still needs somewhere to go)."""
+        geo = self.geometry
+        for name, spec in {**geo.image_inputs, **geo.feature_outputs}.items():
+            self.feature.bind(spec.name, feature_io[name])
+        for name, spec in geo.post_inputs.items():
+            self.post.bind(spec.name, post_inputs[name])
+        self.post.bind(geo.disparity.name, disparity)
+        for runner, specs in ((self.feature, geo.feature_outputs), (self.post, {contract.DISPARITY: geo.disparity})):
+            bound = {spec.name for spec in specs.values()}
+            for name, spec in runner.outputs.items():
+                if name not in bound:
+                    runner.bind(name, scratch(spec))
 
 
 def load_engine_pair(feat_path: str | Path, post_path: str | Path, backend: str | None = None,

@@ -354,23 +354,11 @@ class FlashStereoPipeline(StereoPipelineBase):
                 self._casts.append((self.features[name], self.post_inputs[name]))
         self.post_inputs[contract.GWC_VOLUME] = self.volume
         self.disparity = self._device(geo.disparity.shape, geo.disparity.dtype)
-        self._scratch: dict[str, cuda.DeviceBuffer] = {}
 
     def _bind(self) -> None:
-        feature, post, geo = self.engines.feature, self.engines.post, self.geometry
-        for name, spec in geo.image_inputs.items():
-            feature.bind(spec.name, self.inputs[name].ptr)
-        for name, spec in geo.feature_outputs.items():
-            feature.bind(spec.name, self.features[name].ptr)
-        for name, spec in geo.post_inputs.items():
-            post.bind(spec.name, self.post_inputs[name].ptr)
-        post.bind(geo.disparity.name, self.disparity.ptr)
-        for runner, specs in ((feature, geo.feature_outputs), (post, {contract.DISPARITY: geo.disparity})):
-            bound = {spec.name for spec in specs.values()}
-            for name, spec in runner.outputs.items():
-                if name not in bound:  # outputs outside the contract still need somewhere to go
-                    self._scratch[name] = self._device(spec.shape, spec.dtype)
-                    runner.bind(name, self._scratch[name].ptr)
+        self.engines.bind({name: buf.ptr for name, buf in {**self.inputs, **self.features}.items()},
+                          {name: buf.ptr for name, buf in self.post_inputs.items()}, self.disparity.ptr,
+                          lambda spec: self._device(spec.shape, spec.dtype).ptr)
 
     def _build_kernels(self) -> None:
         geo, dev = self.geometry, self.device_id

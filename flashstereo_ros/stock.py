@@ -94,23 +94,11 @@ class StockPipeline(StereoPipelineBase):
                 self.post_host[name] = self._pinned(spec.shape, spec.dtype)
         self.disparity_dev = self._device(geo.disparity.shape, geo.disparity.dtype)
         self.disparity_host = self._pinned(geo.disparity.shape, geo.disparity.dtype)
-        self._scratch: dict[str, cuda.DeviceBuffer] = {}
 
     def _bind(self) -> None:
-        feature, post, geo = self.engines.feature, self.engines.post, self.geometry
-        for name, spec in geo.image_inputs.items():
-            feature.bind(spec.name, self.inputs_dev[name].ptr)
-        for name, spec in geo.feature_outputs.items():
-            feature.bind(spec.name, self.features_dev[name].ptr)
-        for name, spec in geo.post_inputs.items():
-            post.bind(spec.name, self.post_dev[name].ptr)
-        post.bind(geo.disparity.name, self.disparity_dev.ptr)
-        for runner, specs in ((feature, geo.feature_outputs), (post, {contract.DISPARITY: geo.disparity})):
-            bound = {spec.name for spec in specs.values()}
-            for name, spec in runner.outputs.items():
-                if name not in bound:
-                    self._scratch[name] = self._device(spec.shape, spec.dtype)
-                    runner.bind(name, self._scratch[name].ptr)
+        self.engines.bind({name: buf.ptr for name, buf in {**self.inputs_dev, **self.features_dev}.items()},
+                          {name: buf.ptr for name, buf in self.post_dev.items()}, self.disparity_dev.ptr,
+                          lambda spec: self._device(spec.shape, spec.dtype).ptr)
 
     @property
     def traffic(self) -> dict[str, int]:

@@ -163,3 +163,25 @@ def test_stages_swapped(tmp_path):
     feat, post = resources.bundled_models(".onnx", (64, 128))
     with pytest.raises(ModelError, match="feature_runner is missing inputs"):
         CpuStereoPipeline(post, feat)
+
+
+def test_engine_output_outside_the_contract_gets_a_scratch_buffer(tmp_path, small_pipe):
+    """A feature engine with an extra output (e.g. a debug tensor) still runs: it is bound to scratch memory."""
+    source = resources.bundled_models(".onnx", (64, 128))[0].parent
+    for item in source.iterdir():
+        shutil.copy(item, tmp_path / item.name)
+    model = onnx.load(str(tmp_path / "feature_runner.onnx"))
+    stem = next(o for o in model.graph.output if o.name == "stem_2x")
+    model.graph.node.append(onnx.helper.make_node("Identity", ["stem_2x"], ["debug_stem"]))
+    extra = onnx.ValueInfoProto()
+    extra.CopyFrom(stem)
+    extra.name = "debug_stem"
+    model.graph.output.append(extra)
+    onnx.save(model, str(tmp_path / "feature_runner.onnx"))
+    scene = synthetic.make_scene("planes", 64, 128, seed=3)
+    extended = CpuStereoPipeline(str(tmp_path / "feature_runner.onnx"), str(tmp_path / "post_runner.onnx"))
+    try:
+        assert "scratch:debug_stem" in extended.buffers
+        assert np.array_equal(extended.infer(scene.left, scene.right), small_pipe.infer(scene.left, scene.right))
+    finally:
+        extended.close()
