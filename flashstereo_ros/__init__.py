@@ -13,6 +13,7 @@ _LAZY = {
     "StockPipeline": ("stock", "StockPipeline"),
     "CpuStereoPipeline": ("cpu_pipeline", "CpuStereoPipeline"),
     "create_pipeline": ("pipelines", "create_pipeline"),
+    "PipelinedStereo": ("pipelined", "PipelinedStereo"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -352,13 +352,14 @@ class Stream:
 
 
 class Event:
-    """A timing CUDA event."""
+    """A CUDA event: timing by default; timing=False for one that is only waited on (cheaper to record)."""
 
     RECORD_EXTERNAL = 0x01  # CU_EVENT_RECORD_EXTERNAL: stays a real event-record node inside a graph capture
+    DISABLE_TIMING = 0x02  # CU_EVENT_DISABLE_TIMING
 
-    def __init__(self, device_id: int = 0):
+    def __init__(self, device_id: int = 0, timing: bool = True):
         self._ctx = primary_context(device_id)
-        self.handle = check(driver.cuEventCreate(0), "cuEventCreate")
+        self.handle = check(driver.cuEventCreate(0 if timing else self.DISABLE_TIMING), "cuEventCreate")
         self._finalizer = weakref.finalize(self, _release, driver.cuEventDestroy, self.handle, self._ctx,
                                            "cuEventDestroy")
 
@@ -372,6 +373,14 @@ class Event:
 
     def synchronize(self) -> None:
         check(driver.cuEventSynchronize(self.handle), "cuEventSynchronize")
+
+    def query(self) -> bool:
+        """True when the work before the last record has completed (False while it is pending)."""
+        status = driver.cuEventQuery(self.handle)[0]
+        if status == driver.CUresult.CUDA_ERROR_NOT_READY:
+            return False
+        check((status,), "cuEventQuery")
+        return True
 
     def elapsed_ms(self, end: "Event") -> float:
         """Milliseconds from this event to `end` (both recorded and complete)."""

@@ -10,15 +10,18 @@ Per frame, on one CUDA stream (DESIGN.md, "Data flow"):
   post runner       reads the feature buffers and the volume through the same device pointers
   resize_disparity  -> camera-size disparity, value-scaled, minus the principal-point offset
   [depth_image, point_cloud kernels only when asked]
-  D2H of the disparity (and depth/points when asked) into pinned memory; one synchronisation.
+  D2H of the disparity (and depth/points when asked) into pinned memory; one wait, on the frame's event.
+process() is submit() + result(): submit() issues a frame and returns at once, so a caller can stage and
+issue frame N+1 while the GPU still runs frame N (on this stream, in order; PipelinedStereo spreads
+frames over several pipelines so that their GPU work overlaps too).
 Every stage boundary is a CUDA event; the stage times are read from them when `timings` is first read
 after a frame. With use_cuda_graph=True the device work between the uploads and the downloads is
 captured once per camera setup (after a warm-up frame) and replayed. Buffers are allocated at load and
 when the camera setup changes, never per frame.
 
 Each output (the disparity; depth and points when asked) is downloaded into one of a few pinned host
-arrays and returned as it is, without a host copy: an array is reused for a later frame only once nothing outside the pipeline references it or any
-view of it, so the caller owns what it was given for as long as it keeps it (also past close()). A
+arrays and returned as it is, without a host copy: an array is reused for a later frame only once nothing
+outside the pipeline (a pending frame included) references it or any view of it, so the caller owns what it was given for as long as it keeps it (also past close()). A
 caller that keeps every output gets copies once those arrays are all held.
 """
 from __future__ import annotations
@@ -221,6 +224,8 @@ class _CameraBuffers:
             self.depth = pipe._device(self.size, np.float32)
             self.rings["depth"] = _OutputRing(pipe, self.size, np.float32)
         if plan.want_points and self.points_stride != plan.points_stride:
+            if self.points is not None:
+                pipe.stream.synchronize()  # a frame in flight may still download the old cloud
             pipe._forget(self.points)
             if "points" in self.rings:
                 self.rings["points"].release(pipe)
@@ -298,6 +303,9 @@ class FlashStereoPipeline(StereoPipelineBase):
             self._graph = None
             self._graph_plan: FramePlan | None = None
             self._stager: _Stager | None = None
+            self._uploaded = cuda.Event(device_id, timing=False)  # after a frame's uploads: staging is free again
+            self._uploads_recorded = False
+            self._free_events: list[cuda.Event] = []  # "frame done" events that no pending frame holds
             self._ctx.synchronize()  # weights the runners uploaded on other streams are in place
         except Exception:
             self.close()
@@ -399,6 +407,18 @@ class FlashStereoPipeline(StereoPipelineBase):
                 limits: DepthLimits = DepthLimits(), want_depth: bool = False, want_points: bool = False,
                 points_stride: int = 1) -> StereoOutput:
         """One frame: disparity (published convention when camera is given), and depth/points on request."""
+        return self.submit(left, right, encoding, right_encoding, camera, limits, want_depth, want_points,
+                           points_stride).result()
+
+    def submit(self, left: np.ndarray, right: np.ndarray, encoding: str | None = None,
+               right_encoding: str | None = None, camera: StereoCamera | None = None,
+               limits: DepthLimits = DepthLimits(), want_depth: bool = False, want_points: bool = False,
+               points_stride: int = 1) -> "PendingFrame":
+        """Issue one frame (the arguments of process()) and return without waiting for the GPU;
+        `result()` of the returned frame waits for it. Frames run in submission order on this pipeline's
+        stream, so the host work of the next frame (checks, staging, launches) overlaps the GPU work of
+        the frames before it. Submitting waits only for the previous frame's uploads (the staging memory
+        is reused) and, once per camera setup in graph mode, for the frame the graph is captured after."""
         left, right, enc_left, enc_right = images.check_pair(left, right, encoding, right_encoding)
         key = (left.shape[:2], enc_left, enc_right, camera, limits, want_depth, want_points, points_stride,
                self.resize)
@@ -424,17 +444,22 @@ class FlashStereoPipeline(StereoPipelineBase):
             self._issue_outputs(cam, slots, traffic)
             self._timings_pending = True
             self._traffic = traffic
-            self.stream.synchronize()
+            done = self._free_events.pop() if self._free_events else cuda.Event(self.device_id, timing=False)
+            done.record(self.stream)
+            frame = PendingFrame(self, slots, done)
             if graph is None and self.graph_mode is not None:
+                self._wait(frame)
                 self._capture(plan)
-            arrays = {name: cam.rings[name].output(slot) for name, slot in slots.items()}
-            return StereoOutput(arrays["disparity"], arrays.get("depth"), arrays.get("points"))
+            elif any(slot is None for slot in slots.values()):
+                self._wait(frame)  # its output is copied out of the shared staging buffer before a later frame's
+            return frame
 
     @property
     def timings(self) -> dict[str, float]:
         """Per-stage milliseconds of the last frame (from its CUDA events, read on first access), + total."""
         with self._lock:
             if self._timings_pending and not self._closed:
+                self._events[-1].synchronize()  # the newest submitted frame (others may still be in flight)
                 self._timings = self._read_timings()
                 self._timings_pending = False
             return self._timings
@@ -499,8 +524,10 @@ class FlashStereoPipeline(StereoPipelineBase):
             for buf in self._device_buffers + self._pinned_buffers:
                 buf.close()
             self._device_buffers, self._pinned_buffers = [], []
-            for event in getattr(self, "_events", []):
+            for event in (*getattr(self, "_events", []), *getattr(self, "_free_events", []),
+                          *([self._uploaded] if hasattr(self, "_uploaded") else [])):
                 event.close()
+            self._free_events = []
             if getattr(self, "_stager", None) is not None:
                 self._stager.close()
                 self._stager = None
@@ -511,6 +538,21 @@ class FlashStereoPipeline(StereoPipelineBase):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _wait(self, frame: "PendingFrame") -> None:
+        """Wait for a submitted frame, then hand its outputs to it (once; any thread)."""
+        event = frame._event
+        if event is None:
+            return
+        event.synchronize()  # outside the lock when called from result(): other threads may submit meanwhile
+        with self._lock:
+            if frame._event is None:
+                return
+            frame._finish()
+            if self._closed:
+                event.close()
+            else:
+                self._free_events.append(event)
 
     # ------------------------------------------------------------------------------------- frame
     def _check_open(self) -> None:
@@ -586,6 +628,8 @@ class FlashStereoPipeline(StereoPipelineBase):
         """Stage the images in pinned memory (the right one on a helper thread while this one stages the
         left) and upload them. Always eager (a graph starts after the uploads)."""
         s, ev = self.stream, self._events
+        if self._uploads_recorded:
+            self._uploaded.synchronize()  # a frame still in flight may not have read the staging memory yet
         traffic = Traffic()
         stager = None
         if right.nbytes >= PARALLEL_STAGING_BYTES:
@@ -601,6 +645,8 @@ class FlashStereoPipeline(StereoPipelineBase):
         if stager is None:
             np.copyto(cam.stage_arrays[1], right)
         traffic.add_h2d(cam.image[1].copy_from_host_async(cam.stage[1], s))
+        self._uploaded.record(s)
+        self._uploads_recorded = True
         return traffic
 
     def _issue_body(self, plan: FramePlan, capturing: bool) -> None:
@@ -678,6 +724,31 @@ class FlashStereoPipeline(StereoPipelineBase):
         if graph is not None:
             self.stream.synchronize()
             graph.close()
+
+
+class PendingFrame:
+    """A frame submitted to a FlashStereoPipeline. `result()` waits for it (the first time) and returns its
+    StereoOutput; until then its output arrays are not handed to any other frame."""
+
+    def __init__(self, pipe: FlashStereoPipeline, slots: dict[str, _HostSlot | None], event: cuda.Event):
+        self._pipe, self._event = pipe, event
+        self._outputs = [(name, pipe._camera.rings[name], slot) for name, slot in slots.items()]
+        self._held = [slot.array for slot in slots.values() if slot is not None]  # keeps the slots in use
+        self._output: StereoOutput | None = None
+
+    def done(self) -> bool:
+        """True once result() returns without waiting."""
+        return self._output is not None or self._event.query()
+
+    def result(self) -> StereoOutput:
+        if self._output is None:
+            self._pipe._wait(self)
+        return self._output
+
+    def _finish(self) -> None:
+        arrays = {name: ring.output(slot) for name, ring, slot in self._outputs}
+        self._output = StereoOutput(arrays["disparity"], arrays.get("depth"), arrays.get("points"))
+        self._event, self._outputs, self._held = None, (), ()
 
 
 class _TorchGraph:

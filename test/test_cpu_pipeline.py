@@ -185,3 +185,19 @@ def test_engine_output_outside_the_contract_gets_a_scratch_buffer(tmp_path, smal
         assert np.array_equal(extended.infer(scene.left, scene.right), small_pipe.infer(scene.left, scene.right))
     finally:
         extended.close()
+
+
+def test_submit_and_pipelined_stereo_work_with_the_cpu_pipeline():
+    """The CPU pipeline has nothing asynchronous: submit() computes at once, and PipelinedStereo still
+    returns every output in order (no overlap, the same API)."""
+    from flashstereo_ros import PipelinedStereo
+
+    scenes = [synthetic.make_scene("mixed", 64, 128, seed=80 + i) for i in range(3)]
+    with PipelinedStereo([CpuStereoPipeline(*resources.bundled_models(".onnx", (64, 128)))]) as group:
+        frame = group.submit(scenes[0].left, scenes[0].right)
+        assert frame.done()
+        first = frame.result().disparity
+        outputs = [out.disparity for out in group.map((s.left, s.right) for s in scenes)]
+        expected = [group.pipelines[0].infer(s.left, s.right) for s in scenes]
+    assert np.array_equal(first, expected[0])
+    assert all(np.array_equal(a, b) for a, b in zip(outputs, expected))

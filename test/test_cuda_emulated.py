@@ -1,7 +1,8 @@
 """The GPU pipelines' host logic on a machine without a GPU, against an emulated CUDA driver.
 
 `EmulatedDriver` stands in for cuda.bindings.driver: "device" memory is host memory, stream work runs in
-issue order (or is recorded while a stream is captured and run at graph launch), and each kernel launch
+issue order (or is recorded while a stream is captured and run at graph launch; with `deferred`, it is
+queued per stream and runs only when the host waits for it), and each kernel launch
 is decoded from its real argument array (kernels.SIGNATURES) and computed with the numpy references
 (gwc.py, depth.py, the resize tables). The kernels are still compiled with the real NVRTC. The engines run
 in ONNX Runtime on those host addresses. What this proves: buffer planning, binding, argument packing,
@@ -56,6 +57,10 @@ class EmulatedDriver:
         self.event_times: dict[int, float] = {}
         self.log: list[tuple] = []  # ("launch", name) / ("h2d"|"d2h"|"d2d", bytes) / ("graph_launch",)
         self._ids = itertools.count(1)
+        self.deferred = False  # True: stream work waits in `queues` until a synchronisation runs it
+        self.queues: dict[int, list] = {}
+        self.event_records: dict[int, tuple[int, int]] = {}  # event -> (stream, record number) of its last record
+        self.events_reached: dict[int, int] = {}  # event -> record number that has run
 
     # -- context and device
     def cuInit(self, flags):
@@ -74,6 +79,7 @@ class EmulatedDriver:
         return (self.ok,)
 
     def cuCtxSynchronize(self):
+        self.run_queued()
         return (self.ok,)
 
     def cuDeviceGetAttribute(self, attr, device):
@@ -106,6 +112,7 @@ class EmulatedDriver:
         return self._alloc(nbytes)
 
     def cuMemFree(self, address):
+        self.run_queued()  # like the driver's, a free waits for the work before it
         self.memory.pop(int(address), None)
         return (self.ok,)
 
@@ -114,9 +121,22 @@ class EmulatedDriver:
     def _on(self, stream, work):
         if int(stream) in self.capturing:
             self.capturing[int(stream)].append(work)
+        elif self.deferred:
+            self.queues.setdefault(int(stream), []).append(work)
         else:
             work()
         return (self.ok,)
+
+    def pending(self) -> int:
+        """Stream work issued and not run yet (deferred mode)."""
+        return sum(len(q) for q in self.queues.values())
+
+    def run_queued(self, stream=None, until=None):
+        """Run a stream's queued work (every stream's when None), or only until `until()` holds."""
+        for key in [int(stream)] if stream is not None else list(self.queues):
+            queue = self.queues.get(key, [])
+            while queue and not (until is not None and until()):
+                queue.pop(0)()
 
     def _copy(self, kind, dst, src, nbytes, stream):
         def work():
@@ -161,6 +181,7 @@ class EmulatedDriver:
         return (self.ok,)
 
     def cuStreamSynchronize(self, stream):
+        self.run_queued(stream)
         return (self.ok,)
 
     def cuEventCreate(self, flags):
@@ -169,11 +190,28 @@ class EmulatedDriver:
     def cuEventDestroy(self, event):
         return (self.ok,)
 
+    def _event_reached(self, event) -> bool:
+        record = self.event_records.get(int(event))
+        return record is None or self.events_reached.get(int(event), 0) >= record[1]
+
     def cuEventSynchronize(self, event):
+        record = self.event_records.get(int(event))
+        if record is not None:
+            self.run_queued(record[0], until=lambda: self._event_reached(event))
         return (self.ok,)
 
+    def cuEventQuery(self, event):
+        return (self.ok if self._event_reached(event) else self.CUresult.CUDA_ERROR_NOT_READY,)
+
     def cuEventRecord(self, event, stream):
-        return self._on(stream, lambda: self.event_times.__setitem__(int(event), time.perf_counter()))
+        number = next(self._ids)
+        if int(stream) not in self.capturing:
+            self.event_records[int(event)] = (int(stream), number)
+
+        def work():
+            self.event_times[int(event)] = time.perf_counter()
+            self.events_reached[int(event)] = number
+        return self._on(stream, work)
 
     def cuEventRecordWithFlags(self, event, stream, flags):
         return self.cuEventRecord(event, stream)
@@ -194,10 +232,11 @@ class EmulatedDriver:
         return (self.ok, graph)
 
     def cuGraphLaunch(self, graph, stream):
-        self.log.append(("graph_launch",))
-        for work in self.graphs[int(graph)]:
-            work()
-        return (self.ok,)
+        def work():
+            self.log.append(("graph_launch",))
+            for node in self.graphs[int(graph)]:
+                node()
+        return self._on(stream, work)
 
     def cuGraphDestroy(self, graph):
         return (self.ok,)
@@ -702,3 +741,88 @@ def test_images_staged_by_two_threads_equal_one_thread(emulated, monkeypatch):
     finally:
         pipe.close()
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_submitted_frames_run_later_in_order_and_each_keeps_its_output(emulated, graph):
+    """submit() returns before the GPU work runs (deferred emulation: nothing runs until the host waits);
+    each frame still gets its own images and output array, though the next frame is staged before the
+    last one's uploads have run."""
+    emulated.graph_capture = "cuda" if graph else None
+    scenes = [scene(seed=40 + i) for i in range(5)]
+    pipe = flash(use_cuda_graph=graph)
+    try:
+        expected = [pipe.infer(s.left, s.right).copy() for s in scenes]  # (the first one is captured in graph mode)
+        emulated.deferred = True
+        frames = [pipe.submit(s.left, s.right) for s in scenes[:2]]
+        assert emulated.pending() > 0 and not frames[0].done()  # the second was staged before the first ran
+        frames.append(pipe.submit(scenes[2].left, scenes[2].right))  # staging waits for the second's uploads (after the first)
+        assert frames[0].done() and not frames[2].done()
+        outputs = [f.result().disparity for f in frames]
+        assert all(f.done() for f in frames)
+        frames += [pipe.submit(s.left, s.right) for s in scenes[3:]]
+        outputs += [f.result().disparity for f in frames[3:]]
+        for got, want in zip(outputs, expected):
+            assert np.array_equal(got, want)
+        assert len({id(a) for a in outputs[:3]}) == 3, "frames in flight never share an output array"
+        assert set(pipe.timings) >= {"feature", "post", "total"}
+    finally:
+        pipe.close()
+
+
+def test_more_frames_in_flight_than_output_slots_fall_back_to_copies(emulated):
+    from flashstereo_ros.pipeline import OUTPUT_SLOTS
+
+    scenes = [scene(seed=50 + i) for i in range(OUTPUT_SLOTS + 3)]
+    pipe = flash()
+    try:
+        expected = [pipe.infer(s.left, s.right).copy() for s in scenes]
+        emulated.deferred = True
+        host = pipe.memory_bytes()["host"]
+        frames = [pipe.submit(s.left, s.right) for s in scenes]
+        assert all(f.done() for f in frames[OUTPUT_SLOTS:]), "past the slots a frame is waited for and copied"
+        h, w = SMALL
+        assert pipe.memory_bytes()["host"] == host + OUTPUT_SLOTS * h * w * 4  # 3 more slots + the staging buffer
+        for frame, want in zip(frames, expected):
+            assert np.array_equal(frame.result().disparity, want)
+    finally:
+        pipe.close()
+
+
+def test_a_pending_frame_outlives_close(emulated):
+    s = scene(seed=60)
+    pipe = flash()
+    expected = pipe.infer(s.left, s.right).copy()
+    emulated.deferred = True
+    frame = pipe.submit(s.left, s.right)
+    pipe.close()  # waits for the stream
+    assert np.array_equal(frame.result().disparity, expected)
+
+
+def test_pipelined_stereo_returns_every_output_in_order(emulated, cpu_pipe):
+    from flashstereo_ros import PipelinedStereo
+
+    scenes = [scene(seed=70 + i) for i in range(7)]
+    expected = [cpu_pipe.infer(s.left, s.right) for s in scenes]
+    emulated.deferred = True
+    with PipelinedStereo([flash(), flash()], in_flight=3) as group:
+        outputs = [out.disparity.copy() for out in group.map((s.left, s.right) for s in scenes)]
+        assert [p.traffic["d2h_count"] for p in group.pipelines] == [1, 1]
+    assert all(p._closed for p in group.pipelines)
+    for got, want in zip(outputs, expected):
+        assert np.array_equal(got, want)
+    with pytest.raises(StereoInputError, match="in_flight"):
+        PipelinedStereo([cpu_pipe], in_flight=0)
+
+
+def test_bench_throughput_with_frames_in_flight_runs_on_the_emulated_device(emulated):
+    from flashstereo_ros.tools import bench
+
+    scenes = [scene(seed=90 + i) for i in range(2)]
+    inputs = bench.Inputs([(s.left, s.right) for s in scenes], scenes)
+    emulated.deferred = True
+    result = bench.pipelined_throughput(*map(str, small_models()), None, inputs, frames=6, graph=False, streams=2)
+    assert result["streams"] == 2 and result["frames"] == 6
+    assert min(result["single_hz"], result["queued_hz"], result["pipelined_hz"]) > 0
+    assert result["ratio"] == pytest.approx(result["pipelined_hz"] * result["latency_ms"] / 1e3)
+    assert "frames in flight" in bench.format_extras({"pipelined": result})
