@@ -134,7 +134,6 @@ def build_modules(options: StandInOptions = StandInOptions()):
             stem = torch.cat([guide, texture], dim=1)
             return f04, f08, f16, f32, r04, stem
 
-    disparities = MAX_DISP // 4
     offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
     # spatial weight of quarter-resolution neighbour (dy, dx) for each pixel of a 4x4 cell
     cell = np.arange(4) + 0.5 - 2.0  # fine pixel centre relative to its cell centre

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import contract, resources, synthetic
+from .. import contract, synthetic
 from ..depth import StereoCamera
 from ..errors import FlashStereoError
 from ..metrics import AgreementAccumulator
