@@ -21,8 +21,9 @@ when the camera setup changes, never per frame.
 
 Each output (the disparity; depth and points when asked) is downloaded into one of a few pinned host
 arrays and returned as it is, without a host copy: an array is reused for a later frame only once nothing
-outside the pipeline (a pending frame included) references it or any view of it, so the caller owns what it was given for as long as it keeps it (also past close()). A
-caller that keeps every output gets copies once those arrays are all held.
+outside the pipeline (a pending frame included) references it or any view of it, so the caller owns what
+it was given for as long as it keeps it (also past close()). A caller that keeps every output gets
+copies once those arrays are all held.
 """
 from __future__ import annotations
 
@@ -456,7 +457,8 @@ class FlashStereoPipeline(StereoPipelineBase):
 
     @property
     def timings(self) -> dict[str, float]:
-        """Per-stage milliseconds of the last frame (from its CUDA events, read on first access), + total."""
+        """Per-stage milliseconds of the newest submitted frame (from its CUDA events, read on first access,
+        after waiting for that frame), + total."""
         with self._lock:
             if self._timings_pending and not self._closed:
                 self._events[-1].synchronize()  # the newest submitted frame (others may still be in flight)
@@ -738,7 +740,8 @@ class PendingFrame:
 
     def done(self) -> bool:
         """True once result() returns without waiting."""
-        return self._output is not None or self._event.query()
+        event = self._event  # (None once finished, possibly by another thread)
+        return event is None or event.query()
 
     def result(self) -> StereoOutput:
         if self._output is None:
