@@ -70,7 +70,13 @@ def event_median(stream, launch, reps=200, batch=20) -> float:
 
 # ------------------------------------------------------------------------------------------------ GWC
 GWC_VARIANTS = [  # (label, GwcKernel options)
-    ("pipelined 8x16, all that fit (default)", {}), ("pipelined 8x16, 3/SM", {"blocks_per_sm": 3}),
+    ("pipelined 8x16, all that fit (default)", {}),
+    ("pipelined 8x16, half rows (tile 80), all that fit", {"max_tile": 80}),
+    ("pipelined 8x16, tile 80, 8/SM", {"max_tile": 80, "blocks_per_sm": 8}),
+    ("pipelined 8x16, tile 80, 6/SM", {"max_tile": 80, "blocks_per_sm": 6}),
+    ("pipelined 8x16, thirds (tile 56), all that fit", {"max_tile": 56}),
+    ("pipelined 8x16, 480 blocks (2 rows each)", {"max_blocks": 480}),
+    ("pipelined 8x16, 3/SM", {"blocks_per_sm": 3}),
     ("pipelined 8x16, 2/SM", {"blocks_per_sm": 2}), ("pipelined 8x8, all that fit", {"kt": 8}),
     ("tiled 8x16 row", {"pipelined": False}), ("tiled 4x16 row", {"pipelined": False, "xt": 4, "kt": 16}),
     ("tiled 4x8 row", {"pipelined": False, "xt": 4, "kt": 8}),
