@@ -45,6 +45,7 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
 _CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "u64": ctypes.c_uint64, "f32": ctypes.c_float}
 GWC_XT, GWC_KT = 8, 16  # columns and disparities per thread (gwc.cu's register block)
 GWC_BLOCKS_PER_SM = None  # blocks per multiprocessor of the persistent GWC kernel (None: as many as fit)
+GWC_FETCH_CHUNKS = 4  # copy groups (channel ranges) per item of the pipelined GWC kernel: docs/GPU.md
 GWC_KERNEL_ENV = "FLASHSTEREO_GWC_KERNEL"  # "pipelined" (default) or "tiled": which gwc.cu variant to build
 STATIC_SHARED_LIMIT = 48 * 1024
 BLOCK_2D = (32, 8, 1)
@@ -383,7 +384,7 @@ class GwcKernel:
     def __init__(self, group_channels: int, disparities: int, out_dtype, device_id: int = 0,
                  xt: int = GWC_XT, kt: int = GWC_KT, max_tile: int | None = None, min_blocks: int = 1,
                  pipelined: bool | None = None, blocks_per_sm: int | None = GWC_BLOCKS_PER_SM,
-                 max_blocks: int | None = None):
+                 max_blocks: int | None = None, fetch_chunks: int = GWC_FETCH_CHUNKS):
         self.group_channels, self.disparities = int(group_channels), int(disparities)
         self.out_half = _half_flag(out_dtype, "gwc_volume")
         self.device_id, self.xt, self.kt, self.min_blocks = device_id, int(xt), int(kt), int(min_blocks)
@@ -393,6 +394,7 @@ class GwcKernel:
                 raise ValueError(f"{GWC_KERNEL_ENV} must be 'pipelined' or 'tiled', got {variant!r}")
             pipelined = variant == "pipelined"
         self.pipelined, self.blocks_per_sm, self.max_blocks = bool(pipelined), blocks_per_sm, max_blocks
+        self.fetch_chunks = max(1, min(int(fetch_chunks), 8, self.group_channels))
         if self.pipelined and (self.xt != 8 or self.kt % 8):
             raise ValueError(f"the pipelined GWC kernel takes xt = 8 and kt a multiple of 8, got {xt} x {kt}")
         self.thread_rows = _blocks(self.disparities, self.kt)
@@ -423,7 +425,7 @@ class GwcKernel:
     def defines(self, tile: int) -> dict[str, int]:
         return {"GROUP_CHANNELS": self.group_channels, "DISPARITIES": self.disparities, "OUT_HALF": self.out_half,
                 "TILE_X": tile, "XT": self.xt, "KT": self.kt, "MIN_BLOCKS": self.min_blocks,
-                "PIPELINED": int(self.pipelined)}
+                "PIPELINED": int(self.pipelined), "FETCH_CHUNKS": self.fetch_chunks}
 
     def kernel(self, tile: int) -> Kernel:
         if tile not in self._kernels:

@@ -16,8 +16,11 @@
 // walks the items blockIdx.x, blockIdx.x + gridDim.x, ... and fetches the next item's tiles with cp.async
 // (16-byte copies of halves straight into shared memory, zero-filled outside the image) into the second
 // of two stages while it computes the current one, so loads, arithmetic and the stores of the previous
-// item overlap. Tiles stay half in shared memory and are widened to float as they are read. XT = 8, KT a
-// multiple of 8 (16-byte shared loads). Launch: block (TILE_X/XT, ceil(D/KT)), grid (blocks).
+// item overlap. An item's fetch is FETCH_CHUNKS copy groups of consecutive channels, and the arithmetic
+// of each range starts when its group has landed: a block's first item, which nothing else overlaps,
+// then costs about one range's fetch instead of the whole item's. Tiles stay half in shared memory and
+// are widened to float as they are read. XT = 8, KT a multiple of 8 (16-byte shared loads).
+// Launch: block (TILE_X/XT, ceil(D/KT)), grid (blocks).
 // PIPELINED=0: one block per item, float tiles (swizzled for XT = 8), loaded then computed; the first
 // register-blocked version, kept for comparison. Launch: block (TILE_X/XT, ceil(D/KT)),
 // grid (ceil(W/TILE_X), H, G).
@@ -47,6 +50,12 @@
 #endif
 #ifndef PIPELINED
 #define PIPELINED 1
+#endif
+#ifndef FETCH_CHUNKS
+#define FETCH_CHUNKS 4  // copy groups (channel ranges) per item in the pipelined kernel, 1..8
+#endif
+#if FETCH_CHUNKS < 1 || FETCH_CHUNKS > 8 || FETCH_CHUNKS > GROUP_CHANNELS
+#error "FETCH_CHUNKS must be 1..8 and at most GROUP_CHANNELS"
 #endif
 #if (XT != 4 && XT != 8) || KT % 4 != 0 || TILE_X % 8 != 0 || TILE_X % XT != 0
 #error "XT must be 4 or 8, KT a multiple of 4, TILE_X a multiple of 8 and of XT"
@@ -141,6 +150,7 @@ __device__ __forceinline__ void store_outputs(out_t* __restrict__ vol, const flo
 #define CSTRIDE (TILE_X + RSTRIDE)                   // halves per channel in a stage: its left row, then its right row
 #define STAGE (GROUP_CHANNELS * CSTRIDE)
 #define NR8 ((XT + KT) / 8)                          // 16-byte right loads per channel (r[0] unused)
+#define CHUNK_CHANNELS ((GROUP_CHANNELS + FETCH_CHUNKS - 1) / FETCH_CHUNKS)  // channels per copy group
 
 // (an intrinsic, not asm, so the compiler folds a stage's offsets into one 32-bit shared address)
 __device__ __forceinline__ unsigned shared_address(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
@@ -163,10 +173,19 @@ __device__ __forceinline__ void copies_commit() {
 #endif
 }
 
-// every copy group of this thread but the most recently committed one has landed
-__device__ __forceinline__ void copies_wait_all_but_last() {
+// every copy group of this thread but the `pending` most recently committed ones has landed (the
+// instruction takes an immediate, hence the switch; pending < 2 * FETCH_CHUNKS <= 16)
+__device__ __forceinline__ void copies_wait(int pending) {
 #if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group 1;" ::: "memory");
+#define FS_WAIT(n) \
+    case n:        \
+        asm volatile("cp.async.wait_group " #n ";" ::: "memory"); \
+        break;
+    switch (pending) {
+        FS_WAIT(0) FS_WAIT(1) FS_WAIT(2) FS_WAIT(3) FS_WAIT(4) FS_WAIT(5) FS_WAIT(6) FS_WAIT(7)
+        FS_WAIT(8) FS_WAIT(9) FS_WAIT(10) FS_WAIT(11) FS_WAIT(12) FS_WAIT(13) FS_WAIT(14) FS_WAIT(15)
+    }
+#undef FS_WAIT
 #endif
 }
 
@@ -184,16 +203,16 @@ __device__ __forceinline__ Item item_at(int item, int tiles_x, int height) {
     return it;
 }
 
-// Start fetching an item's tiles into a stage: per channel (CSTRIDE halves apart) the left columns
-// [x0, x0 + TILE_X), then the right columns [x0 - DPAD, x0 - DPAD + RSTRIDE), halves, zero outside the
-// image. When W % 8 == 0, 16-byte asynchronous copies: a thread takes the same chunk q of a channel's
+// Start fetching channels [c0, c1) of an item's tiles into a stage: per channel (CSTRIDE halves apart) the
+// left columns [x0, x0 + TILE_X), then the right columns [x0 - DPAD, x0 - DPAD + RSTRIDE), halves, zero
+// outside the image. When W % 8 == 0, 16-byte asynchronous copies: a thread takes the same chunk q of a channel's
 // (left, right) row in every channel, so its source, destination and validity are worked out once per
 // item and each channel costs a pointer step and the copy (about 3 instructions, against about 40 when
 // the index was divided per chunk: docs/GPU.md). Else element by element (synchronous).
 // The barrier before the item's arithmetic makes either visible to the whole block.
 __device__ __forceinline__ void fetch(half_bits* stage, const half_bits* __restrict__ left,
                                       const half_bits* __restrict__ right, Item it, int width, size_t plane,
-                                      int tid) {
+                                      int tid, int c0, int c1) {
     const size_t row = (size_t)it.g * GROUP_CHANNELS * plane + (size_t)it.y * width;
     const int rstart = it.x0 - DPAD - TILE_X;  // stage column j >= TILE_X holds right column rstart + j
     if ((width & 7) == 0) {
@@ -206,16 +225,26 @@ __device__ __forceinline__ void fetch(half_bits* stage, const half_bits* __restr
             const int x = (is_left ? it.x0 : rstart) + 8 * q;
             const bool valid = x >= 0 && x < width;
             const half_bits* src = (is_left ? left : right) + row + (valid ? x : 0);
-#pragma unroll
-            for (int c = 0; c < GROUP_CHANNELS; ++c) copy16(stage + c * CSTRIDE + 8 * q, src + c * plane, valid);
+            for (int c = c0; c < c1; ++c) copy16(stage + c * CSTRIDE + 8 * q, src + c * plane, valid);
         }
     } else {
-        for (int i = tid; i < STAGE; i += THREADS) {
+        for (int i = c0 * CSTRIDE + tid; i < c1 * CSTRIDE; i += THREADS) {
             const int c = i / CSTRIDE, j = i - c * CSTRIDE;
             const bool is_left = j < TILE_X;
             const int x = (is_left ? it.x0 : rstart) + j;
             stage[i] = (x >= 0 && x < width) ? (is_left ? left : right)[row + (size_t)c * plane + x] : (half_bits)0;
         }
+    }
+}
+
+// Fetch a whole item as FETCH_CHUNKS copy groups, channel range k in group k (committed in that order).
+__device__ __forceinline__ void fetch_item(half_bits* stage, const half_bits* __restrict__ left,
+                                           const half_bits* __restrict__ right, Item it, int width,
+                                           size_t plane, int tid) {
+#pragma unroll 1
+    for (int c0 = 0; c0 < GROUP_CHANNELS; c0 += CHUNK_CHANNELS) {
+        fetch(stage, left, right, it, width, plane, tid, c0, min(c0 + CHUNK_CHANNELS, GROUP_CHANNELS));
+        copies_commit();
     }
 }
 
@@ -254,35 +283,47 @@ gwc_volume(const half_bits* __restrict__ left, const half_bits* __restrict__ rig
     int item = blockIdx.x;
     if (item >= items) return;
     Item it = item_at(item, tiles_x, height);  // the current item's place, worked out once when fetched
-    fetch(stages[0], left, right, it, width, plane, tid);
-    copies_commit();
+    fetch_item(stages[0], left, right, it, width, plane, tid);
+    constexpr int GROUPS = (GROUP_CHANNELS + CHUNK_CHANNELS - 1) / CHUNK_CHANNELS;  // copy groups per item
     for (int s = 0; item < items; s ^= 1, item += gridDim.x) {
         const int next = item + gridDim.x;
         Item next_it = it;
         if (next < items) {
             next_it = item_at(next, tiles_x, height);
-            fetch(stages[s ^ 1], left, right, next_it, width, plane, tid);
+            fetch_item(stages[s ^ 1], left, right, next_it, width, plane, tid);
+        } else {
+#pragma unroll 1
+            for (int g = 0; g < GROUPS; ++g) copies_commit();  // empty groups keep the count below uniform
         }
-        copies_commit();  // (an empty group when there is no next item)
-        copies_wait_all_but_last();
-        __syncthreads();  // this item's stage is complete for every thread
 
         const half_bits* lrow = stages[s] + lx;
         const half_bits* rrow = stages[s] + TILE_X + jb;
         float acc[XT][KT];
         float l[XT], r[XT + KT];
+        // channel range 0: this item's first group has landed (its later groups and the next item's may not)
+        copies_wait(2 * GROUPS - 1);
+        __syncthreads();  // ... for every thread's copies
         load_operands(lrow, rrow, l, r);
 #pragma unroll
         for (int i = 0; i < XT; ++i)
 #pragma unroll
             for (int k = 0; k < KT; ++k) acc[i][k] = l[i] * r[KT + i - k];  // channel 0 starts the sum
+        int c = 1;
+#pragma unroll 1
+        for (int g = 0; g < GROUPS; ++g) {
+            if (g > 0) {
+                copies_wait(2 * GROUPS - 1 - g);
+                __syncthreads();
+            }
+            const int c1 = min((g + 1) * CHUNK_CHANNELS, GROUP_CHANNELS);
 #pragma unroll 2
-        for (int c = 1; c < GROUP_CHANNELS; ++c) {
-            load_operands(lrow + c * CSTRIDE, rrow + c * CSTRIDE, l, r);
+            for (; c < c1; ++c) {
+                load_operands(lrow + c * CSTRIDE, rrow + c * CSTRIDE, l, r);
 #pragma unroll
-            for (int i = 0; i < XT; ++i)  // column x0+lx+i, disparity d0+k reads R at x-d: r[KT+i-k]
+                for (int i = 0; i < XT; ++i)  // column x0+lx+i, disparity d0+k reads R at x-d: r[KT+i-k]
 #pragma unroll
-                for (int k = 0; k < KT; ++k) acc[i][k] = fmaf(l[i], r[KT + i - k], acc[i][k]);
+                    for (int k = 0; k < KT; ++k) acc[i][k] = fmaf(l[i], r[KT + i - k], acc[i][k]);
+            }
         }
         const int xb = it.x0 + lx;
         if (xb < width) store_outputs(vol, acc, it.g, it.y, xb, d0, width, plane);

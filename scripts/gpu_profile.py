@@ -70,11 +70,11 @@ def event_median(stream, launch, reps=200, batch=20) -> float:
 
 # ------------------------------------------------------------------------------------------------ GWC
 GWC_VARIANTS = [  # (label, GwcKernel options)
-    ("pipelined 8x16, all that fit (default)", {}),
-    ("pipelined 8x16, half rows (tile 80), all that fit", {"max_tile": 80}),
-    ("pipelined 8x16, tile 80, 8/SM", {"max_tile": 80, "blocks_per_sm": 8}),
-    ("pipelined 8x16, tile 80, 6/SM", {"max_tile": 80, "blocks_per_sm": 6}),
-    ("pipelined 8x16, thirds (tile 56), all that fit", {"max_tile": 56}),
+    ("pipelined 8x16, all that fit, 4 copy groups per item (default)", {}),
+    ("pipelined 8x16, 1 copy group per item (as before)", {"fetch_chunks": 1}),
+    ("pipelined 8x16, 2 copy groups per item", {"fetch_chunks": 2}),
+    ("pipelined 8x16, 7 copy groups per item", {"fetch_chunks": 7}),
+    ("pipelined 8x16, half rows (tile 80), 4 groups", {"max_tile": 80}),
     ("pipelined 8x16, 480 blocks (2 rows each)", {"max_blocks": 480}),
     ("pipelined 8x16, 3/SM", {"blocks_per_sm": 3}),
     ("pipelined 8x16, 2/SM", {"blocks_per_sm": 2}), ("pipelined 8x8, all that fit", {"kt": 8}),

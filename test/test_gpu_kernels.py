@@ -67,8 +67,12 @@ def test_group_norm_kernel_is_bit_identical_to_numpy(stream, in_dtype):
 # widths: odd (element-wise tile loads, scalar stores), a multiple of 4 only, a multiple of 8 below D (16-byte
 # copies, every right chunk of the first columns outside the image), one 480x640 row (one tile, 16-byte
 # copies), three tiles per row; the pipelined kernel also with a few blocks that each loop over
-# many items (both shared-memory stages reused), and the tiled variant with both register blocks
+# many items (both shared-memory stages reused) and with other splits of an item's fetch into copy groups
+# (one group; uneven channel ranges), and the tiled variant with both register blocks
 GWC_VARIANTS = {"pipelined": {}, "pipelined, 3 blocks": {"max_blocks": 3},
+                "pipelined, 1 copy group": {"fetch_chunks": 1},
+                "pipelined, 3 copy groups, 3 blocks": {"fetch_chunks": 3, "max_blocks": 3},
+                "pipelined, 8 copy groups": {"fetch_chunks": 8},
                 "tiled 8x16": {"pipelined": False}, "tiled 4x8": {"pipelined": False, "xt": 4, "kt": 8}}
 
 
@@ -76,7 +80,9 @@ GWC_VARIANTS = {"pipelined": {}, "pipelined, 3 blocks": {"max_blocks": 3},
 @pytest.mark.parametrize("group_channels,disparities,h,w,variant", [
     (28, 48, 13, 75, "pipelined"), (28, 48, 13, 75, "pipelined, 3 blocks"), (28, 48, 5, 20, "pipelined"),
     (8, 12, 7, 33, "pipelined"), (28, 48, 3, 40, "pipelined"), (28, 48, 4, 160, "pipelined"), (28, 48, 4, 160, "pipelined, 3 blocks"),
-    (28, 48, 3, 400, "pipelined, 3 blocks"), (28, 48, 3, 160, "tiled 8x16"), (28, 48, 3, 75, "tiled 4x8"),
+    (28, 48, 3, 400, "pipelined, 3 blocks"), (28, 48, 4, 160, "pipelined, 1 copy group"),
+    (28, 48, 13, 75, "pipelined, 3 copy groups, 3 blocks"), (8, 12, 7, 33, "pipelined, 3 copy groups, 3 blocks"),
+    (28, 48, 3, 400, "pipelined, 8 copy groups"), (28, 48, 3, 160, "tiled 8x16"), (28, 48, 3, 75, "tiled 4x8"),
     (8, 12, 7, 33, "tiled 8x16")])
 def test_gwc_kernel_is_bit_identical_to_numpy(stream, out_dtype, group_channels, disparities, h, w, variant):
     rng = np.random.default_rng(group_channels * w + h)
