@@ -376,9 +376,11 @@ class GwcKernel:
     shared-memory tiles fit the static limit, then splits the row into equal tiles, so a 480x640 frame's
     160-column rows are one tile each and no right column is loaded twice. The default, pipelined variant
     runs a persistent grid of as many blocks per multiprocessor as fit (or blocks_per_sm) that fetch the
-    next tile while computing the current one (on the H100, 4 per SM ran 19.3 us; capping registers to fit 5 per
-    SM was slower, 21.4-21.6 us: docs/GPU.md); pipelined=False (or FLASHSTEREO_GWC_KERNEL=tiled) builds the one-block-per-tile
-    variant instead. Every variant computes the same bits.
+    next tile while computing the current one, each tile's fetch in `fetch_chunks` copy groups of channels
+    so that computing starts when the first has landed (on the H100, 4 per SM ran 19.2 us, 23.2 us from
+    DRAM; capping registers to fit 5 per SM was slower: docs/GPU.md); pipelined=False (or
+    FLASHSTEREO_GWC_KERNEL=tiled) builds the one-block-per-tile variant instead. Every variant computes
+    the same bits.
     """
 
     def __init__(self, group_channels: int, disparities: int, out_dtype, device_id: int = 0,

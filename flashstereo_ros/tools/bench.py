@@ -216,7 +216,8 @@ def kernel_roofline(feat: str, post: str, backend: str | None, reps: int) -> dic
     expect = gwc.gwc_volume(left, right, geo.groups, geo.disparities, geo.volume_dtype)
     result["gwc_volume"]["equals_numpy"] = bool(np.array_equal(sets[0]["volume"].download(stream), expect))
     result["gwc_volume"]["variant"] = ("pipelined" if gwc_kernel.pipelined else "tiled") + \
-        f" {gwc_kernel.xt}x{gwc_kernel.kt}, tile {gwc_kernel.tile_for(spec.shape[3])}"
+        f" {gwc_kernel.xt}x{gwc_kernel.kt}, tile {gwc_kernel.tile_for(spec.shape[3])}" + \
+        (f", {gwc_kernel.fetch_chunks} copy groups per item" if gwc_kernel.pipelined else "")
     return result
 
 
