@@ -45,7 +45,6 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
 _CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "u64": ctypes.c_uint64, "f32": ctypes.c_float}
 GWC_XT, GWC_KT = 8, 16  # columns and disparities per thread (gwc.cu's register block)
 GWC_BLOCKS_PER_SM = None  # blocks per multiprocessor of the persistent GWC kernel (None: as many as fit)
-GWC_SHARED_CARVEOUT = None  # percent of L1/shared storage the GWC kernel asks for as shared memory (None: the driver's pick)
 GWC_FETCH_CHUNKS = 4  # copy groups (channel ranges) per item of the pipelined GWC kernel: docs/GPU.md
 GWC_KERNEL_ENV = "FLASHSTEREO_GWC_KERNEL"  # "pipelined" (default) or "tiled": which gwc.cu variant to build
 STATIC_SHARED_LIMIT = 48 * 1024
@@ -222,12 +221,6 @@ class Kernel:
         attr = getattr(cuda.driver.CUfunction_attribute, f"CU_FUNC_ATTRIBUTE_{name}")
         return int(check(cuda.driver.cuFuncGetAttribute(attr, self.handle), "cuFuncGetAttribute"))
 
-    def prefer_shared_memory(self, percent: int) -> None:
-        """Ask for `percent` of the L1/shared storage as shared memory where this kernel runs (the driver
-        otherwise may pick a smaller carveout that holds fewer blocks)."""
-        attr = cuda.driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT
-        check(cuda.driver.cuFuncSetAttribute(self.handle, attr, int(percent)), "cuFuncSetAttribute")
-
     def resident_blocks(self, threads: int, shared: int = 0) -> int:
         """Blocks of `threads` threads that fit on one multiprocessor at once (registers, shared memory)."""
         return int(check(cuda.driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(self.handle, int(threads), shared),
@@ -393,8 +386,7 @@ class GwcKernel:
     def __init__(self, group_channels: int, disparities: int, out_dtype, device_id: int = 0,
                  xt: int = GWC_XT, kt: int = GWC_KT, max_tile: int | None = None, min_blocks: int = 1,
                  pipelined: bool | None = None, blocks_per_sm: int | None = GWC_BLOCKS_PER_SM,
-                 max_blocks: int | None = None, fetch_chunks: int = GWC_FETCH_CHUNKS,
-                 shared_carveout: int | None = GWC_SHARED_CARVEOUT):
+                 max_blocks: int | None = None, fetch_chunks: int = GWC_FETCH_CHUNKS):
         self.group_channels, self.disparities = int(group_channels), int(disparities)
         self.out_half = _half_flag(out_dtype, "gwc_volume")
         self.device_id, self.xt, self.kt, self.min_blocks = device_id, int(xt), int(kt), int(min_blocks)
@@ -405,7 +397,6 @@ class GwcKernel:
             pipelined = variant == "pipelined"
         self.pipelined, self.blocks_per_sm, self.max_blocks = bool(pipelined), blocks_per_sm, max_blocks
         self.fetch_chunks = max(1, min(int(fetch_chunks), 8, self.group_channels))
-        self.shared_carveout = shared_carveout
         if self.pipelined and (self.xt != 8 or self.kt % 8):
             raise ValueError(f"the pipelined GWC kernel takes xt = 8 and kt a multiple of 8, got {xt} x {kt}")
         self.thread_rows = _blocks(self.disparities, self.kt)
@@ -440,10 +431,7 @@ class GwcKernel:
 
     def kernel(self, tile: int) -> Kernel:
         if tile not in self._kernels:
-            kernel = load_module("gwc.cu", self.defines(tile), self.device_id).kernel("gwc_volume")
-            if self.shared_carveout is not None:
-                kernel.prefer_shared_memory(self.shared_carveout)
-            self._kernels[tile] = kernel
+            self._kernels[tile] = load_module("gwc.cu", self.defines(tile), self.device_id).kernel("gwc_volume")
         return self._kernels[tile]
 
     def grid(self, tile: int, groups: int, height: int, width: int) -> tuple[int, ...]:

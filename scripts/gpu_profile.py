@@ -71,8 +71,6 @@ def event_median(stream, launch, reps=200, batch=20) -> float:
 # ------------------------------------------------------------------------------------------------ GWC
 GWC_VARIANTS = [  # (label, GwcKernel options)
     ("pipelined 8x16, all that fit, 4 copy groups per item (default)", {}),
-    ("pipelined 8x16, all that fit, shared carveout 100%", {"shared_carveout": 100}),
-    ("pipelined 8x16, 4/SM, shared carveout 100%", {"shared_carveout": 100, "blocks_per_sm": 4}),
     ("pipelined 8x16, 1 copy group per item (as before)", {"fetch_chunks": 1}),
     ("pipelined 8x16, 2 copy groups per item", {"fetch_chunks": 2}),
     ("pipelined 8x16, 7 copy groups per item", {"fetch_chunks": 7}),
