@@ -13,7 +13,7 @@ host       where the host time of one graph-mode process() goes: sections timed 
            the call, cProfile's top functions, and micro-benchmarks of the staging copies and driver calls;
            with and without the helper thread that stages the right image.
 pipelined  two pipelines on two streams: the GPU alone (graph launches, no host work) against one stream,
-           and the bench's threaded measurement.
+           and the earlier design's threaded measurement (one host thread per pipeline), for comparison.
 A pipeline module flashstereo_ros/_pipeline_v1.py, when present (an older pipeline.py), is measured
 beside the current one. Prints short tables; writes profile.json under --out.
 """
