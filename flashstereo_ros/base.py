@@ -1,4 +1,4 @@
-"""What every pipeline (CPU, GPU-resident, stock) shares: the seed's `infer`, and `submit` on top of `process`."""
+"""What every pipeline (CPU, GPU-resident, stock) shares: `infer` and `submit` on top of `process`."""
 from __future__ import annotations
 
 import numpy as np

@@ -304,7 +304,7 @@ class FlashStereoPipeline(StereoPipelineBase):
             self._graph = None
             self._graph_plan: FramePlan | None = None
             self._stager: _Stager | None = None
-            self._uploaded = cuda.Event(device_id, timing=False)  # after a frame's uploads: staging is free again
+            self._uploaded = cuda.Event(device_id, timing=False)  # after a frame's uploads: staging is free
             self._uploads_recorded = False
             self._free_events: list[cuda.Event] = []  # "frame done" events that no pending frame holds
             self._ctx.synchronize()  # weights the runners uploaded on other streams are in place
@@ -452,7 +452,7 @@ class FlashStereoPipeline(StereoPipelineBase):
                 self._wait(frame)
                 self._capture(plan)
             elif any(slot is None for slot in slots.values()):
-                self._wait(frame)  # its output is copied out of the shared staging buffer before a later frame's
+                self._wait(frame)  # copy its output out of the shared staging buffer before a later frame
             return frame
 
     @property

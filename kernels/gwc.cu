@@ -16,7 +16,7 @@
 // walks the items blockIdx.x, blockIdx.x + gridDim.x, ... and fetches the next item's tiles with cp.async
 // (16-byte copies of halves straight into shared memory, zero-filled outside the image) into the second
 // of two stages while it computes the current one, so loads, arithmetic and the stores of the previous
-// item overlap. An item's fetch is FETCH_CHUNKS copy groups of consecutive channels, and the arithmetic
+// item overlap. An item's fetch is up to FETCH_CHUNKS copy groups of consecutive channels; the arithmetic
 // of each range starts when its group has landed: a block's first item, which nothing else overlaps,
 // then costs about one range's fetch instead of the whole item's. Tiles stay half in shared memory and
 // are widened to float as they are read. XT = 8, KT a multiple of 8 (16-byte shared loads).
@@ -205,10 +205,10 @@ __device__ __forceinline__ Item item_at(int item, int tiles_x, int height) {
 
 // Start fetching channels [c0, c1) of an item's tiles into a stage: per channel (CSTRIDE halves apart) the
 // left columns [x0, x0 + TILE_X), then the right columns [x0 - DPAD, x0 - DPAD + RSTRIDE), halves, zero
-// outside the image. When W % 8 == 0, 16-byte asynchronous copies: a thread takes the same chunk q of a channel's
-// (left, right) row in every channel, so its source, destination and validity are worked out once per
-// item and each channel costs a pointer step and the copy (about 3 instructions, against about 40 when
-// the index was divided per chunk: docs/GPU.md). Else element by element (synchronous).
+// outside the image. When W % 8 == 0, 16-byte asynchronous copies: a thread takes the same chunk q of a
+// channel's (left, right) row in every channel of the range, so its source, destination and validity are
+// worked out once per call and each channel costs a pointer step and the copy (about 3 instructions,
+// against about 40 when the index was divided per chunk: docs/GPU.md). Else element by element (synchronous).
 // The barrier before the item's arithmetic makes either visible to the whole block.
 __device__ __forceinline__ void fetch(half_bits* stage, const half_bits* __restrict__ left,
                                       const half_bits* __restrict__ right, Item it, int width, size_t plane,
@@ -237,7 +237,7 @@ __device__ __forceinline__ void fetch(half_bits* stage, const half_bits* __restr
     }
 }
 
-// Fetch a whole item as FETCH_CHUNKS copy groups, channel range k in group k (committed in that order).
+// Fetch a whole item as copy groups of CHUNK_CHANNELS channels, committed in channel order.
 __device__ __forceinline__ void fetch_item(half_bits* stage, const half_bits* __restrict__ left,
                                            const half_bits* __restrict__ right, Item it, int width,
                                            size_t plane, int tid) {
