@@ -246,13 +246,19 @@ def _latency(pipe, pairs, frames):
     return lat
 
 
-@section("host")
-def host_profile(models, frames=400):
+def _each_pipeline_class(measure_one, models, frames) -> dict:
+    """measure_one(name, cls, models, pairs, frames) for the current pipeline (and v1 when present)."""
     pairs = _inputs()
     out = {}
     for name, cls, context in _pipeline_classes():
         with context:
-            out[name] = _host_one(name, cls, models, pairs, frames)
+            out[name] = measure_one(name, cls, models, pairs, frames)
+    return out
+
+
+@section("host")
+def host_profile(models, frames=400):
+    out = _each_pipeline_class(_host_one, models, frames)
     out["micro_us"] = _micro()
     print("micro (us):", out["micro_us"])
     return out
@@ -444,12 +450,7 @@ def _micro() -> dict:
 # ------------------------------------------------------------------------------------------ pipelined
 @section("pipelined")
 def pipelined(models, frames=200):
-    pairs = _inputs()
-    out = {}
-    for name, cls, context in _pipeline_classes():
-        with context:
-            out[name] = _pipelined_one(name, cls, models, pairs, frames)
-    return out
+    return _each_pipeline_class(_pipelined_one, models, frames)
 
 
 def _pipelined_one(name, cls, models, pairs, frames):

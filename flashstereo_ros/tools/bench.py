@@ -11,8 +11,8 @@ GPU). Each row reports median and tail percentiles, throughput, the speed-up ove
 measured in the same run, the disparity's agreement with the first configuration's first pipeline (the
 FP16 stock output in a sweep), and the error against ground truth when the inputs are synthetic scenes.
 GPU extras: the norm and GWC kernels alone against the measured device-to-device copy bandwidth, device
-memory over many frames, and throughput with frames in flight on one and on several streams. Without a GPU it benchmarks the CPU
-pipeline (ONNX Runtime), so the tool runs anywhere.
+memory over many frames, and throughput with frames in flight on one and on several streams. Without a
+GPU it benchmarks the CPU pipeline (ONNX Runtime), so the tool runs anywhere.
 """
 from __future__ import annotations
 
@@ -241,9 +241,9 @@ def memory_over_frames(feat, post, backend, inputs: Inputs, frames: int, graph: 
 
 def pipelined_throughput(feat, post, backend, inputs: Inputs, frames: int, graph: bool, streams: int = 2) -> dict:
     """Frames/s with frames in flight (PipelinedStereo, one host thread; median of THROUGHPUT_REPEATS runs)
-    against 1/latency (median) of one pipeline running one frame at a time: first one pipeline with its next frame issued while the GPU runs the last
-    (the host work hidden), then `streams` pipelines, whose GPU work overlaps (frame N+1's feature stage
-    beside frame N's post stage)."""
+    against 1/latency (median) of one pipeline running one frame at a time: first one pipeline with its
+    next frame issued while the GPU runs the last (the host work hidden), then `streams` pipelines, whose
+    GPU work overlaps (frame N+1's feature stage beside frame N's post stage)."""
     from ..pipelined import PipelinedStereo
 
     kind = "flash+graph" if graph else "flash"
@@ -253,11 +253,7 @@ def pipelined_throughput(feat, post, backend, inputs: Inputs, frames: int, graph
         for pipe in pipes:
             for pair in inputs.pairs:
                 pipe.infer(*pair)
-        single = []
-        for i in range(frames):
-            start = time.perf_counter()
-            pipes[0].infer(*inputs.pairs[i % len(inputs.pairs)])
-            single.append(time.perf_counter() - start)
+        single_ms = measure(pipes[0], inputs, frames, warmup=0)[0]
 
         def rate(target: PipelinedStereo) -> float:
             """Median frames/s of THROUGHPUT_REPEATS runs of `frames` frames."""
@@ -273,7 +269,7 @@ def pipelined_throughput(feat, post, backend, inputs: Inputs, frames: int, graph
         pipelined_hz = rate(group)
     finally:
         group.close()
-    latency = float(np.median(single))
+    latency = float(np.median(single_ms)) / 1e3
     return {"pipeline": kind, "frames": frames, "streams": streams, "latency_ms": latency * 1e3,
             "single_hz": 1.0 / latency, "queued_hz": queued_hz, "queued_ratio": queued_hz * latency,
             "pipelined_hz": pipelined_hz, "ratio": pipelined_hz * latency}
