@@ -379,25 +379,24 @@ __device__ __forceinline__ void fill_tile1(float* tile, int stride, int cols, co
     }
 }
 
+// N float4s of a shared row at the (swizzled) offsets -> 4N floats
+template <int N>
+__device__ __forceinline__ void load_float4s(const float* row, const int* offsets, float* out) {
+#pragma unroll
+    for (int q = 0; q < N; ++q) {
+        const float4 v = *reinterpret_cast<const float4*>(row + offsets[q]);
+        out[4 * q] = v.x;
+        out[4 * q + 1] = v.y;
+        out[4 * q + 2] = v.z;
+        out[4 * q + 3] = v.w;
+    }
+}
+
 // one channel's operands of a thread: XT left values and XT+KT right values (r[0] unused) from shared memory
 __device__ __forceinline__ void load_operands(const float* lrow, const float* rrow, const int* lo, const int* ro,
                                               float* l, float* r) {
-#pragma unroll
-    for (int q = 0; q < NL4; ++q) {
-        const float4 v = *reinterpret_cast<const float4*>(lrow + lo[q]);
-        l[4 * q] = v.x;
-        l[4 * q + 1] = v.y;
-        l[4 * q + 2] = v.z;
-        l[4 * q + 3] = v.w;
-    }
-#pragma unroll
-    for (int q = 0; q < NR4; ++q) {
-        const float4 v = *reinterpret_cast<const float4*>(rrow + ro[q]);
-        r[4 * q] = v.x;
-        r[4 * q + 1] = v.y;
-        r[4 * q + 2] = v.z;
-        r[4 * q + 3] = v.w;
-    }
+    load_float4s<NL4>(lrow, lo, l);
+    load_float4s<NR4>(rrow, ro, r);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
