@@ -190,18 +190,20 @@ def build_modules(options: StandInOptions = StandInOptions()):
             disp_pad = F.pad(disp_q, (1, 1, 1, 1), mode="replicate")
             guide_pad = F.pad(guide_q, (1, 1, 1, 1), mode="replicate")
             spatial = self.spatial.repeat(1, 1, h, w)
-            weights, values = [], []
-            for n, (dy, dx) in enumerate(offsets):
+            colours, values = [], []
+            for dy, dx in offsets:
                 d_n = disp_pad[:, :, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
                 g_n = guide_pad[:, :, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-                d_n = F.interpolate(d_n, scale_factor=4.0, mode="nearest")
                 g_n = F.interpolate(g_n, scale_factor=4.0, mode="nearest")
-                colour = ((guide_f - g_n) ** 2).sum(dim=1, keepdim=True)
-                weights.append(spatial[:, n:n + 1] * torch.exp(-colour / (2 * GUIDE_SIGMA ** 2)))
-                values.append(d_n)
-            weights = torch.cat(weights, dim=1)
+                colours.append(((guide_f - g_n) ** 2).sum(dim=1, keepdim=True))
+                values.append(F.interpolate(d_n, scale_factor=4.0, mode="nearest"))
+            colours = torch.cat(colours, dim=1)
             values = torch.cat(values, dim=1)
-            return (weights * values).sum(dim=1, keepdim=True) / (weights.sum(dim=1, keepdim=True) + 1e-12)
+            # relative to the nearest colour, so the best neighbour's exponential is 1: where every colour is
+            # far (hard edges) the weights would all underflow to 0 and the ratio would be 0/0
+            closest = colours.amin(dim=1, keepdim=True)
+            weights = spatial * torch.exp(-(colours - closest) / (2 * GUIDE_SIGMA ** 2))
+            return (weights * values).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True)
 
     return FeatureRunner().eval(), PostRunner().eval()
 
@@ -216,15 +218,32 @@ def example_inputs(options: StandInOptions, device="cpu"):
     return left, right
 
 
+FORMATS = ("onnx", "pt2")
+
+
+def options_problem(options: StandInOptions, formats) -> str | None:
+    """Why options/formats cannot be exported, or None."""
+    size = contract.SIZE_MULTIPLE
+    if options.height < size or options.width < size or options.height % size or options.width % size:
+        return f"height and width must be positive multiples of {size}, got {options.height}x{options.width}"
+    if options.extra_layers < 0 or options.extra_channels < 1:
+        return (f"extra layers must be >= 0 and extra channels >= 1, got {options.extra_layers} and "
+                f"{options.extra_channels}")
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        return f"formats must be one or more of {', '.join(FORMATS)}, got {', '.join(formats) or 'none'}"
+    return None
+
+
 def export(out_dir: str | Path, options: StandInOptions = StandInOptions(), formats=("onnx", "pt2"),
            device: str = "cpu") -> list[Path]:
     """Write feature_runner/post_runner .onnx and .pt2 and onnx.yaml for options' size into out_dir."""
     torch = _require_torch()
     from .gwc import gwc_volume, normalize_groups
 
-    if options.height % contract.SIZE_MULTIPLE or options.width % contract.SIZE_MULTIPLE:
-        raise SystemExit(f"height and width must be multiples of {contract.SIZE_MULTIPLE}, "
-                         f"got {options.height}x{options.width}")
+    problem = options_problem(options, formats)
+    if problem:
+        raise ValueError(problem)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     feature, post = build_modules(options)
@@ -272,7 +291,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--formats", default="onnx,pt2", help="comma-separated: onnx, pt2")
+    parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated: {', '.join(FORMATS)}")
     parser.add_argument("--volume-dtype", choices=("float16", "float32"), default="float16")
     parser.add_argument("--extra-layers", type=int, default=0,
                         help="residual 3-D conv blocks in the post stage to emulate a heavier engine")
@@ -280,7 +299,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device to trace on (cuda for GPU .pt2 programs)")
     args = parser.parse_args(argv)
     options = StandInOptions(args.height, args.width, args.volume_dtype, args.extra_layers, args.extra_channels)
-    for path in export(args.out, options, tuple(f.strip() for f in args.formats.split(",") if f.strip()), args.device):
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    problem = options_problem(options, formats)
+    if problem:
+        parser.error(problem)
+    for path in export(args.out, options, formats, args.device):
         print(path)
     return 0
 

@@ -88,6 +88,34 @@ def test_weights_are_deterministic():
         assert np.array_equal(a.numpy(), b.numpy()), name
 
 
-def test_generator_rejects_sizes_not_multiple_of_32(tmp_path):
-    with pytest.raises(SystemExit, match="multiples of 32"):
-        standin.export(tmp_path, standin.StandInOptions(100, 128))
+@pytest.mark.parametrize("options, formats, match", [
+    (standin.StandInOptions(100, 128), ("onnx",), "multiples of 32"),
+    (standin.StandInOptions(0, 128), ("onnx",), "multiples of 32"),
+    (standin.StandInOptions(64, 128, extra_layers=1, extra_channels=0), ("onnx",), "extra channels"),
+    (standin.StandInOptions(64, 128), ("foo",), "formats must be"),
+    (standin.StandInOptions(64, 128), (), "formats must be"),
+])
+def test_generator_rejects_bad_options_before_writing(tmp_path, options, formats, match):
+    with pytest.raises(ValueError, match=match):
+        standin.export(tmp_path / "out", options, formats)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exit_info:  # the command line: an argparse error, exit code 2
+        standin.main(["--out", str(tmp_path / "out"), "--height", str(options.height), "--width",
+                      str(options.width), "--extra-layers", str(options.extra_layers), "--extra-channels",
+                      str(options.extra_channels), "--formats", ",".join(formats)])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("size", [(480, 640), (64, 128)])
+def test_bundled_onnx_disparity_is_finite_at_hard_edges(size):
+    """A black/white checkerboard: every upsampling guide colour is far from its neighbours', where weights
+    that are not taken relative to the nearest colour all underflow and the ratio is 0/0."""
+    from flashstereo_ros import CpuStereoPipeline
+
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    board = (((yy // 8) + (xx // 8)) % 2 * 255).astype(np.uint8)
+    feat, post = resources.bundled_models(".onnx", size)
+    pipe = CpuStereoPipeline(str(feat), str(post), input_h=h, input_w=w)
+    for left, right in ((board, np.roll(board, 5, axis=1)), (np.full_like(board, 255), np.zeros_like(board))):
+        assert np.isfinite(pipe.infer(left, right)).all()
