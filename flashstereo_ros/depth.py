@@ -35,8 +35,10 @@ class StereoCamera:
 
     @classmethod
     def from_projections(cls, p_left, p_right, width: int, height: int,
-                         info_size: tuple[int, int] | None = None) -> "StereoCamera":
-        """From the 3x4 (or 12-element) P matrices; info_size=(w, h) of the CameraInfo when it differs."""
+                         window: tuple[float, float, float, float] | None = None) -> "StereoCamera":
+        """From the 3x4 (or 12-element) P matrices. window = (x0, y0, w, h): the part of the frame P describes
+        that the width x height images show (a CameraInfo's ROI, or its whole size when the images were
+        resized or binned); None: the images are that frame."""
         pl = np.asarray(p_left, np.float64).reshape(3, 4)
         pr = np.asarray(p_right, np.float64).reshape(3, 4)
         if not (np.isfinite(pl).all() and np.isfinite(pr).all()):
@@ -47,14 +49,14 @@ class StereoCamera:
                                    f"right fx={pr[0, 0]}): is the CameraInfo filled in (P matrix)?")
         baseline = -pr[0, 3] / pr[0, 0]
         if baseline <= 0:
-            raise StereoInputError(f"stereo baseline must be positive, right P[0,3] = {pr[0, 3]} gives "
+            swapped = " (positive: are left and right swapped?)" if pr[0, 3] > 0 else ""
+            raise StereoInputError(f"stereo baseline must be positive, right P[0,3] = {pr[0, 3]}{swapped} gives "
                                    f"T = {baseline}: the right CameraInfo needs P[0,3] = -fx * baseline")
-        sx = sy = 1.0
-        if info_size is not None and tuple(info_size) != (width, height):
-            if info_size[0] <= 0 or info_size[1] <= 0:
-                raise StereoInputError(f"CameraInfo size {info_size} is not valid")
-            sx, sy = width / info_size[0], height / info_size[1]
-        return cls(fx * sx, fy * sy, cx * sx, cy * sy, baseline, (cx - pr[0, 2]) * sx, width, height)
+        x0, y0, w, h = window if window is not None else (0, 0, width, height)
+        if w <= 0 or h <= 0:
+            raise StereoInputError(f"CameraInfo size {w}x{h} is not valid")
+        sx, sy = width / w, height / h
+        return cls(fx * sx, fy * sy, (cx - x0) * sx, (cy - y0) * sy, baseline, (cx - pr[0, 2]) * sx, width, height)
 
     @property
     def focal_baseline(self) -> np.float32:

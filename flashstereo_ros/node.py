@@ -35,7 +35,8 @@ from .depth import DepthLimits
 from .diagnostics import (ERROR, LEVEL_NAMES, WARN, ProblemBoard, RateMeter, RollingStats, Throttle, format_ms,
                           status_message, summarize)
 from .errors import FlashStereoError, StereoInputError
-from .node_params import FRAME_SETTINGS, PARAMETERS, FrameSettings, check_frame_settings, check_value, descriptor
+from .node_params import (FRAME_SETTINGS, PARAMETERS, FrameSettings, as_declared_type, check_frame_settings,
+                          check_value, descriptor)
 from .sync import NANOSECONDS, NewestSlot, make_synchronizer, message_filters_available, stamp_ns, stamps_spread_s
 
 try:  # the typed per-frame timing message, when the companion interfaces package is built (docs/ROS.md)
@@ -64,7 +65,8 @@ WORKER_POLL_S = 0.2
 # image pairs in a row that found no CameraInfo with their stamps before the newest CameraInfo is used
 # instead (latched/static calibration, or infos stamped differently from the images)
 NEWEST_INFO_AFTER_PAIRS = 3
-RECENT_STAMPS = 16  # pairs remembered so one handed over twice (both paths) is processed once
+RECENT_PAIRS = 16  # left images remembered so a pair handed over by both paths is processed once
+TIME_JUMP_S = 1.0  # a stamp this much older than its topic's last one: the clock jumped back (sim reset, bag)
 
 
 def timing_message_type() -> type:
@@ -87,6 +89,11 @@ class InputState:
     subscribed_at: float = 0.0
 
 
+def _as_declared(parameter: Parameter) -> Parameter:
+    value = as_declared_type(parameter.name, parameter.value)
+    return parameter if value is parameter.value else Parameter(parameter.name, value=value)
+
+
 def _as_parameters(overrides: Mapping[str, Any] | Iterable[Parameter] | None) -> list[Parameter]:
     if overrides is None:
         return []
@@ -106,6 +113,8 @@ class FlashStereoNode(Node):
         try:
             self._declare_parameters()
             self._frame_settings = self._read_frame_settings()
+            if hasattr(self, "add_pre_set_parameters_callback"):  # rclpy of Iron and later
+                self.add_pre_set_parameters_callback(self._parameters_as_declared)
             self.add_on_set_parameters_callback(self._on_set_parameters)
             self._problems = ProblemBoard(PROBLEM_HOLD_S)
             self._log_throttle = Throttle(LOG_THROTTLE_S)
@@ -122,9 +131,8 @@ class FlashStereoNode(Node):
     def _declare_parameters(self) -> None:
         for spec in PARAMETERS:
             override = self._parameter_overrides.get(spec.name)
-            if isinstance(spec.default, float) and override is not None and type(override.value) is int:
-                # YAML/CLI "max_depth: 10" means 10.0; rclpy would refuse the int for a double parameter
-                self._parameter_overrides[spec.name] = Parameter(spec.name, value=float(override.value))
+            if override is not None:  # YAML/CLI "max_depth: 10": rclpy would refuse the int for a double
+                self._parameter_overrides[spec.name] = _as_declared(override)
             self.declare_parameter(spec.name, spec.default, descriptor(spec))
             reason = check_value(spec.name, self._param(spec.name))
             if reason is not None:
@@ -164,7 +172,8 @@ class FlashStereoNode(Node):
         self._newest_info_pairs = 0
         self._using_newest_info = False
         self._newest_info_used = RateMeter()
-        self._recent_stamps: collections.deque[int] = collections.deque(maxlen=RECENT_STAMPS)
+        self._recent_lefts: collections.deque = collections.deque(maxlen=RECENT_PAIRS)
+        self._last_left_stamp: int | None = None
         self._slot = NewestSlot()
         self._synchronized = RateMeter()
         self._published = RateMeter()
@@ -239,13 +248,26 @@ class FlashStereoNode(Node):
         state = self._inputs[index]
         state.arrivals.tick(time.monotonic())
         try:
-            state.last_stamp = stamp_ns(msg)
+            stamp = stamp_ns(msg)
+            if state.last_stamp is not None and stamp < state.last_stamp - TIME_JUMP_S * NANOSECONDS:
+                self._time_jumped(index, stamp, state.last_stamp)
+            state.last_stamp = stamp
             state.latest = msg
             self._sync.add(index, msg)  # first: a complete set resets the count of pairs without infos
             if index in IMAGE_INPUTS:
                 self._image_sync.add(IMAGE_INPUTS.index(index), msg)
         except Exception as exc:  # a malformed message must not take the executor down
             self._problem("synchronizer", ERROR, f"{INPUT_TOPICS[index]}: {type(exc).__name__}: {exc}")
+
+    def _time_jumped(self, index: int, stamp: int, last_stamp: int) -> None:
+        """Queued messages from before the jump would never match again and would keep new ones out."""
+        newest_kept = stamp + TIME_JUMP_S * NANOSECONDS
+        self._sync.discard_after(newest_kept)
+        self._image_sync.discard_after(newest_kept)
+        self._problem("time jump", WARN,
+                      f"{self._resolved(index)}: stamp went back {(last_stamp - stamp) / NANOSECONDS:.3f} s "
+                      "(simulation reset, bag restarted, camera clock stepped?): dropped the messages queued from "
+                      "before it", per_key=True)
 
     def _on_synchronized(self, left, left_info, right, right_info) -> None:
         self._synchronized.tick(time.monotonic())
@@ -277,15 +299,26 @@ class FlashStereoNode(Node):
         self._hand_over((left, left_info, right, right_info))
 
     def _hand_over(self, pair: tuple) -> None:
-        """To the worker, once per left stamp; replaces (drops) an older pair the worker has not taken yet."""
-        stamp = stamp_ns(pair[0])
+        """To the worker, once per left image; replaces (drops) an older pair the worker has not taken yet."""
+        left = pair[0]
+        stamp = stamp_ns(left)
         with self._handoff_lock:
-            if stamp in self._recent_stamps:
+            if any(seen is left for seen in self._recent_lefts):  # by identity: stamps may repeat
                 return
-            self._recent_stamps.append(stamp)
+            self._recent_lefts.append(left)
+            repeated, self._last_left_stamp = stamp == self._last_left_stamp, stamp
+        if repeated:
+            self._problem("stamps", WARN, f"consecutive left images carry the same stamp "
+                                          f"({stamp / NANOSECONDS:.9f} s): each pair is processed, but outputs "
+                                          "cannot be told apart by time (is the camera driver stamping images?)")
         self._slot.put(pair, stamp)
 
     # ---- parameters --------------------------------------------------------------------------------
+    @staticmethod
+    def _parameters_as_declared(parameters: list[Parameter]) -> list[Parameter]:
+        """`ros2 param set ... max_depth 10` sends an int: taken as 10.0, as at start-up."""
+        return [_as_declared(p) for p in parameters]
+
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         updates = {}
         for parameter in parameters:
@@ -369,6 +402,10 @@ class FlashStereoNode(Node):
         except StereoInputError as exc:
             camera = None
             self._problem("camera_info", WARN, f"{exc}; publishing disparity only, no depth or points")
+        else:
+            note = ros_convert.anisotropic_scale(left_info, width, height)
+            if note:
+                self._problem("camera_info", WARN, note)
         want_depth = (camera is not None and settings.publish_depth
                       and self._pub_depth.get_subscription_count() > 0)
         want_points = (camera is not None and settings.publish_points

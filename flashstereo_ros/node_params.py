@@ -91,6 +91,14 @@ class FrameSettings:
 FRAME_SETTINGS = tuple(field.name for field in dataclasses.fields(FrameSettings))
 
 
+def as_declared_type(name: str, value: Any) -> Any:
+    """An int given for a double parameter as that double ("max_depth: 10" means 10.0); else value."""
+    spec = SPECS.get(name)
+    if spec is not None and type(spec.default) is float and type(value) is int:
+        return float(value)
+    return value
+
+
 def check_value(name: str, value: Any) -> str | None:
     """Why value is not acceptable for parameter name (ranges are checked by rclpy), or None."""
     spec = SPECS.get(name)

@@ -21,6 +21,7 @@ POINT_FIELDS = ("x", "y", "z", "rgb")  # float32 each, rgb packed 0x00RRGGBB as 
 BIG_ENDIAN = sys.byteorder == "big"
 AUTO_RANGE_STRIDE = 4
 FOCAL_MISMATCH_TOLERANCE = 1e-6  # relative: rectification gives both P one focal length, so f*T/d is exact
+ASPECT_TOLERANCE = 0.01  # relative difference of the x and y scales from CameraInfo to image
 
 
 def unsupported_encoding_reason(encoding: str) -> str:
@@ -63,7 +64,10 @@ def image_to_array(msg, what: str = "image") -> tuple[np.ndarray, str]:
     try:
         data = np.frombuffer(msg.data, np.uint8)
     except (TypeError, ValueError):  # a plain list (a message built by hand)
-        data = np.asarray(msg.data, np.uint8).reshape(-1)
+        try:
+            data = np.asarray(msg.data, np.uint8).reshape(-1)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise StereoInputError(f"{what}: data is not a sequence of bytes 0..255 ({exc})") from None
     needed = step * (height - 1) + row_bytes  # the last row's padding may be absent
     if data.size < needed:
         raise StereoInputError(f"{what}: data has {data.size} bytes but {width}x{height} {encoding} with step "
@@ -80,24 +84,47 @@ def _projection(info, what: str) -> np.ndarray:
     return p.reshape(3, 4)
 
 
-def info_size(info, width: int, height: int) -> tuple[int, int]:
-    """(w, h) the CameraInfo describes; an unset (0x0) size means the image's own size."""
+def image_window(info, width: int, height: int) -> tuple[int, int, int, int]:
+    """(x0, y0, w, h): the part of the CameraInfo's full-resolution frame a width x height image shows.
+
+    As sensor_msgs/CameraInfo and image_geometry define it: K and P describe the full (unbinned) frame; an ROI
+    (width and height set) is the window the image was cut from; binning and plain resizing scale the window
+    to the image. An unset (0x0) CameraInfo size means the image's own size.
+    """
+    roi = info.roi
+    if int(roi.width) > 0 and int(roi.height) > 0:
+        return int(roi.x_offset), int(roi.y_offset), int(roi.width), int(roi.height)
     w, h = int(info.width), int(info.height)
-    return (width, height) if w == 0 and h == 0 else (w, h)
+    return (0, 0, width, height) if w == 0 and h == 0 else (0, 0, w, h)
+
+
+def anisotropic_scale(info, width: int, height: int, tolerance: float = ASPECT_TOLERANCE) -> str | None:
+    """A note when a width x height image is the CameraInfo's window scaled differently along x and y
+    (the geometry is still scaled per axis, but a camera mode that is not the calibrated one is likely)."""
+    _, _, w, h = image_window(info, width, height)
+    if w <= 0 or h <= 0 or abs((width / w) / (height / h) - 1.0) <= tolerance:
+        return None
+    return (f"images are {width}x{height} but the CameraInfo describes {w}x{h}: scaled {width / w:.3f} in x and "
+            f"{height / h:.3f} in y (a different camera mode than the calibrated one?)")
 
 
 def stereo_camera(left_info, right_info, width: int, height: int) -> StereoCamera:
-    """The rectified pair's geometry at the image resolution (CameraInfo scaled when its size differs)."""
-    left_size, right_size = info_size(left_info, width, height), info_size(right_info, width, height)
-    if left_size != right_size:
-        raise StereoInputError(f"left CameraInfo is {left_size[0]}x{left_size[1]} but right CameraInfo is "
-                               f"{right_size[0]}x{right_size[1]}: a rectified pair has one size")
+    """The rectified pair's geometry at the image resolution (CameraInfo cut to its ROI and scaled to the image)."""
+    left_window, right_window = image_window(left_info, width, height), image_window(right_info, width, height)
+    if left_window != right_window:
+        raise StereoInputError(f"left CameraInfo describes {_window_text(left_window)} but right CameraInfo "
+                               f"{_window_text(right_window)}: a rectified pair has one size")
     pl, pr = _projection(left_info, "left"), _projection(right_info, "right")
-    camera = StereoCamera.from_projections(pl, pr, width, height, left_size)
+    camera = StereoCamera.from_projections(pl, pr, width, height, left_window)
     if abs(pl[0, 0] - pr[0, 0]) > FOCAL_MISMATCH_TOLERANCE * abs(pl[0, 0]):
         raise StereoInputError(f"left P fx = {pl[0, 0]} and right P fx = {pr[0, 0]} differ: these CameraInfos do "
                                "not describe one rectified pair (rectify both with the same stereo calibration)")
     return camera
+
+
+def _window_text(window: tuple[int, int, int, int]) -> str:
+    x0, y0, w, h = window
+    return f"{w}x{h}" + (f" at ({x0}, {y0})" if (x0, y0) != (0, 0) else "")
 
 
 def disparity_parameters(right_info, width: int, height: int) -> tuple[float, float]:
@@ -109,7 +136,7 @@ def disparity_parameters(right_info, width: int, height: int) -> tuple[float, fl
     fx, tx = float(p[0, 0]), float(p[0, 3])
     if not (np.isfinite(fx) and np.isfinite(tx)) or fx <= 0:
         return 0.0, 0.0
-    w = info_size(right_info, width, height)[0]
+    w = image_window(right_info, width, height)[2]
     scale = width / w if w > 0 else 1.0
     baseline = -tx / fx
     return fx * scale, baseline if baseline > 0 else 0.0
@@ -121,7 +148,7 @@ def disparity_range(max_disp: int, engine_width: int, width: int, cx_offset: flo
     The engine searches d in [0, max_disp) at its own width; as in stereo_image_proc, max = min + range - 1.
     """
     scale = width / engine_width
-    return -cx_offset, (max_disp - 1) * scale - cx_offset
+    return 0.0 - cx_offset, (max_disp - 1) * scale - cx_offset  # 0.0 - x: never -0.0
 
 
 def _byte_array(values: np.ndarray) -> array.array:
@@ -172,26 +199,26 @@ def disparity_message(disparity: np.ndarray, header, focal_px: float, baseline_m
 
 
 def scaled_camera_info(info, header, width: int, height: int):
-    """A copy of info for an image of width x height: K and P scaled when the sizes differ."""
+    """A copy of info for a width x height image of its window: unchanged when the image is that window,
+    else K and P moved to the window's origin and scaled to the image, with no ROI or binning left."""
     from sensor_msgs.msg import CameraInfo
 
-    w, h = info_size(info, width, height)
-    sx, sy = width / w, height / h
+    x0, y0, w, h = image_window(info, width, height)
     out = CameraInfo()
     out.header = header
-    out.width, out.height = width, height
     out.distortion_model = info.distortion_model
     out.d = array.array("d", info.d)
     out.r = np.asarray(info.r, np.float64)
     k = np.asarray(info.k, np.float64).reshape(3, 3).copy()
     p = np.asarray(info.p, np.float64).reshape(3, 4).copy()
-    if (sx, sy) != (1.0, 1.0):
-        k[0] *= sx
-        k[1] *= sy
-        p[0] *= sx
-        p[1] *= sy
-    else:
-        out.binning_x, out.binning_y, out.roi = info.binning_x, info.binning_y, info.roi
+    out.width, out.height = width, height
+    if (x0, y0) != (0, 0) and (w, h) == (width, height) and int(info.binning_x) <= 1 and int(info.binning_y) <= 1:
+        out.width, out.height = info.width, info.height  # the image is the ROI: image_geometry reads it as is
+        out.roi = info.roi
+    elif (x0, y0, w, h) != (0, 0, width, height):
+        for m in (k, p):  # pixel (u, v) of the image is (x0 + u / sx, y0 + v / sy) of the frame
+            m[0] = (m[0] - x0 * m[2]) * (width / w)
+            m[1] = (m[1] - y0 * m[2]) * (height / h)
     out.k, out.p = k.reshape(-1), p.reshape(-1)
     return out
 

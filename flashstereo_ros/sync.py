@@ -87,6 +87,14 @@ class StampSynchronizer:
         with self.lock:
             return [len(queue) for queue in self.queues]
 
+    def discard_after(self, stamp: int) -> None:
+        """Drop the queued messages stamped after stamp (ns): after the clock jumped back they never match, and
+        as the newest of a full queue they would make it drop each new message instead."""
+        with self.lock:
+            for queue in self.queues:
+                for newer in [s for s in queue if s > stamp]:
+                    del queue[newer]
+
 
 class MessageFiltersSynchronizer:
     """The same interface over message_filters' (Approximate)TimeSynchronizer, used when it is installed.
@@ -97,18 +105,27 @@ class MessageFiltersSynchronizer:
 
     def __init__(self, inputs: int, queue_size: int, callback: Callable[..., None],
                  slop_s: float | None = None):
+        self._settings = (inputs, queue_size, callback, slop_s)
+        self.approximate = slop_s is not None
+        self._build()
+
+    def _build(self) -> None:
         import message_filters
 
+        inputs, queue_size, callback, slop_s = self._settings
         self.inputs = [message_filters.SimpleFilter() for _ in range(inputs)]
         if slop_s is None:
             self.sync = message_filters.TimeSynchronizer(self.inputs, queue_size)
         else:
             self.sync = message_filters.ApproximateTimeSynchronizer(self.inputs, queue_size, slop_s)
         self.sync.registerCallback(callback)
-        self.approximate = slop_s is not None
 
     def add(self, index: int, msg: Any) -> None:
         self.inputs[index].signalMessage(msg)
+
+    def discard_after(self, stamp: int) -> None:
+        """message_filters keeps its queues to itself: start over with empty ones (drops every queued message)."""
+        self._build()
 
     def pending(self) -> list[int]:
         return [len(queue) for queue in getattr(self.sync, "queues", [])]

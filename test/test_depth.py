@@ -17,8 +17,11 @@ def test_camera_from_projections():
     assert (cam.fx, cam.fy, cam.cx, cam.cy) == (100.0, 110.0, 4.0, 2.0)
     assert cam.baseline_m == pytest.approx(0.25) and cam.cx_offset == pytest.approx(3.0)
     scaled = depth.StereoCamera.from_projections([100.0, 0, 4, 0, 0, 110, 2, 0, 0, 0, 1, 0],
-                                                 [100.0, 0, 4, -25, 0, 110, 2, 0, 0, 0, 1, 0], 16, 8, (8, 4))
+                                                 [100.0, 0, 4, -25, 0, 110, 2, 0, 0, 0, 1, 0], 16, 8, (0, 0, 8, 4))
     assert (scaled.fx, scaled.fy, scaled.cx, scaled.cy) == (200.0, 220.0, 8.0, 4.0)
+    cropped = depth.StereoCamera.from_projections([100.0, 0, 4, 0, 0, 110, 2, 0, 0, 0, 1, 0],
+                                                  [100.0, 0, 1, -25, 0, 110, 2, 0, 0, 0, 1, 0], 4, 2, (3, 1, 4, 2))
+    assert (cropped.fx, cropped.fy, cropped.cx, cropped.cy, cropped.cx_offset) == (100.0, 110.0, 1.0, 1.0, 3.0)
 
 
 @pytest.mark.parametrize("p_right,message", [

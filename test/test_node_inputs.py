@@ -288,6 +288,38 @@ def test_out_of_order_pairs_are_each_matched(rig):
     rig.good_pair_is_processed()
 
 
+def answers_with_stamp(rig, stamp) -> int:
+    return sum(m.header.stamp.sec * 10**9 + m.header.stamp.nanosec == stamp for _, m in rig.client.received["disparity"])
+
+
+def test_pairs_that_repeat_a_stamp_are_each_processed_and_reported(rig):
+    since, lines = now_ns(rig.ros), rig.log_lines()
+    stamp = now_ns(rig.ros)
+    for k in range(3):  # a driver that does not stamp: every pair carries the same time
+        rig.send(*rig.pair(), stamp=stamp)
+        assert rig.spin(lambda: answers_with_stamp(rig, stamp) > k, ANSWER_TIMEOUT_S), rig.node.log()[-3000:]
+    assert rig.problem("same stamp", since) is not None
+    assert rig.logged("same stamp", lines)
+    rig.good_pair_is_processed()
+
+
+def test_a_backward_time_jump_does_not_stall_the_node(rig):
+    since, lines = now_ns(rig.ros), rig.log_lines()
+    base = now_ns(rig.ros)
+    left, _ = rig.pair()
+    for k in range(8):  # left images and infos whose right images were lost fill the queues
+        stamp = base + k * 33_333_333
+        rig.client.publish(0, left, stamp)
+        rig.client.publish(1, rig.infos[0], stamp)
+        rig.client.publish(3, rig.infos[1], stamp)
+    rig.spin(lambda: False, 0.3)
+    back = base - 60 * 10**9  # a simulation reset, or a bag started again
+    assert rig.answer(rig.send(*rig.pair(), stamp=back)) is not None, rig.node.log()[-3000:]
+    assert rig.problem("stamp went back", since) is not None
+    assert rig.logged("stamp went back", lines)
+    rig.good_pair_is_processed()
+
+
 def dropped_pairs(rig) -> int:
     status = rig.problem("", now_ns(rig.ros), level=0)
     return int(next(kv.value for kv in status.values if kv.key == "dropped pairs"))

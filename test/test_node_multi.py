@@ -117,6 +117,10 @@ def test_bad_parameter_values_are_refused_with_a_reason(graph):
     assert node.get_parameter("min_depth").value == 0.0
     assert not node.set_parameters([Parameter("points_stride", value=0)])[0].successful  # below its range
     assert not node.set_parameters([Parameter("qos_reliability", value="reliable")])[0].successful  # read-only
+    if hasattr(node, "add_pre_set_parameters_callback"):  # `ros2 param set ... max_depth 50` sends an int
+        assert node.set_parameters([Parameter("max_depth", value=50)])[0].successful
+        assert node.get_parameter("max_depth").value == 50.0
+        assert node.set_parameters([Parameter("max_depth", value=0.0)])[0].successful
 
 
 def test_depth_limits_apply(graph):

@@ -74,6 +74,14 @@ def test_a_hand_built_list_of_bytes_works():
     assert view[..., 0].tolist() == [[3, 4]]
 
 
+def test_a_hand_built_list_out_of_byte_range_is_refused():
+    class HandBuilt:  # bypasses the message's own setter check, as a duck-typed message would
+        encoding, height, width, step, data = "mono8", 1, 2, 2, [3, 300]
+
+    with pytest.raises(StereoInputError, match="bytes 0..255"):
+        ros_convert.image_to_array(HandBuilt())
+
+
 def test_stereo_camera_from_camera_infos_with_principal_point_offset():
     left, right = camera_infos(400.0, 0.1, 64, 48, cx_offset=2.5)
     camera = ros_convert.stereo_camera(left, right, 64, 48)
@@ -91,6 +99,32 @@ def test_camera_info_at_another_resolution_is_scaled():
     assert scaled.k[0] == 200.0 and scaled.p[2] == pytest.approx(319.5 / 2) and scaled.k[4] == 200.0
 
 
+def test_camera_info_roi_is_a_window_of_the_full_frame_not_a_resize():
+    """K and P describe the full frame; an image cut to the ROI keeps fx and moves cx (image_geometry)."""
+    left, right = camera_infos(400.0, 0.1, 640, 480, cx_offset=4.0)
+    for info in (left, right):
+        info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = 100, 40, 320, 240
+    camera = ros_convert.stereo_camera(left, right, 320, 240)
+    assert (camera.fx, camera.fy) == (400.0, 400.0)
+    assert (camera.cx, camera.cy, camera.cx_offset) == (pytest.approx(319.5 - 100), pytest.approx(239.5 - 40), 4.0)
+    assert ros_convert.disparity_parameters(right, 320, 240)[0] == 400.0
+    same = ros_convert.scaled_camera_info(left, Header(frame_id="cam"), 320, 240)  # the image is the ROI
+    assert (same.width, same.height, same.roi.width, same.k[2]) == (640, 480, 320, pytest.approx(319.5))
+    # the ROI binned 2x2 (or resized to half): scaled from the ROI, and the output describes the image itself
+    left.binning_x = left.binning_y = right.binning_x = right.binning_y = 2
+    half = ros_convert.stereo_camera(left, right, 160, 120)
+    assert (half.fx, half.cx) == (200.0, pytest.approx((319.5 - 100) / 2))
+    info = ros_convert.scaled_camera_info(left, Header(frame_id="cam"), 160, 120)
+    assert (info.width, info.height, info.roi.width, info.binning_x) == (160, 120, 0, 0)
+    assert (info.k[0], info.k[2], info.p[2], info.p[6]) == (200.0, half.cx, half.cx, half.cy)
+
+
+def test_a_differently_scaled_aspect_ratio_is_noted():
+    left, _ = camera_infos(400.0, 0.1, 1280, 720)
+    assert ros_convert.anisotropic_scale(left, 640, 360) is None
+    assert "scaled 0.100 in x and 0.089 in y" in ros_convert.anisotropic_scale(left, 128, 64)
+
+
 def test_unset_camera_info_size_means_the_image_size():
     left, right = camera_infos(400.0, 0.1, 64, 48)
     for info in (left, right):
@@ -101,7 +135,7 @@ def test_unset_camera_info_size_means_the_image_size():
 @pytest.mark.parametrize("change,message", [
     (lambda l, r: (l.p.fill(0), r.p.fill(0)), "focal length must be positive"),
     (lambda l, r: r.p.__setitem__(3, 0.0), "baseline must be positive"),
-    (lambda l, r: r.p.__setitem__(3, 40.0), "baseline must be positive"),  # left and right swapped
+    (lambda l, r: r.p.__setitem__(3, 40.0), "left and right swapped"),
     (lambda l, r: l.p.__setitem__(0, np.nan), "NaN"),
     (lambda l, r: r.p.__setitem__(0, 401.0), "do not describe one rectified pair"),
     (lambda l, r: setattr(r, "width", 32), "one size"),

@@ -133,6 +133,20 @@ def test_queue_keeps_the_newest_stamps():
     assert rec.sets == [["l3", "li3", "r3", "ri3"]]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_discarding_after_a_backward_time_jump_lets_new_pairs_match(backend):
+    rec = Recorder(backend, queue_size=3)
+    for k in range(5):  # left images whose right partners never came, then the clock jumps back a minute
+        rec.add(LEFT, T0 + k * 100 * MS, f"l{k}")
+        rec.add(LEFT_INFO, T0 + k * 100 * MS, f"li{k}")
+    back = T0 - 60 * NANOSECONDS
+    rec.pair(back, "lost")
+    assert rec.sets == []  # each new left is the oldest in a full queue: dropped on arrival
+    rec.sync.discard_after(back + NANOSECONDS)
+    rec.pair(back + 100 * MS, "a")
+    assert rec.sets == [tags("a")]
+
+
 def test_approximate_with_zero_slop_means_exact():
     sets = []
     sync = make_synchronizer(2, 5, lambda *m: sets.append(m), approximate=True, slop_s=0.0, use_message_filters=False)
