@@ -197,7 +197,7 @@ def synthetic_pairs(count: int, size: tuple[int, int], seed: int = 0) -> list[St
 
 # ----------------------------------------------------------------------------------------- pair sets
 
-def _check_replaceable(out_dir: Path, manifest_name: str, force: bool) -> None:
+def check_replaceable(out_dir: Path, manifest_name: str, force: bool) -> None:
     """Refuse to overwrite anything without force, and never delete a folder this tool did not write."""
     if not out_dir.exists():
         return
@@ -244,7 +244,7 @@ def write_pair_set(pairs: list[StereoPair], out_dir: str | Path, source: str, fo
     sizes = {pair.size for pair in pairs}
     if len(sizes) != 1:
         raise CalibrationDataError(f"pairs of different sizes cannot form one calibration set: {sorted(sizes)}")
-    _check_replaceable(out_dir, MANIFEST_FILE, force)
+    check_replaceable(out_dir, MANIFEST_FILE, force)
     staging = _staging_folder(out_dir)
     try:
         files = {}
@@ -294,7 +294,7 @@ def write_post_samples(samples: Iterable[tuple[str, Mapping[str, np.ndarray]]], 
                        source: Mapping, force: bool = False) -> list[Path]:
     """Write one <name>.npz per sample (post_runner input name -> array), staged, with a manifest."""
     out_dir = Path(out_dir)
-    _check_replaceable(out_dir, POST_MANIFEST_FILE, force)
+    check_replaceable(out_dir, POST_MANIFEST_FILE, force)
     staging = _staging_folder(out_dir)
     names = []
     try:

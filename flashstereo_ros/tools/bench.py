@@ -30,6 +30,7 @@ from ..depth import StereoCamera
 from ..errors import FlashStereoError
 from ..metrics import AgreementAccumulator
 from ..pipelines import DEVICES, default_models, resolve_device
+from . import at_least, require_writable
 from .demo import BAD_PIXEL_THRESHOLD, read_rgb
 
 PERCENTILES = (50, 90, 99)
@@ -412,9 +413,9 @@ def main(argv=None) -> int:
     parser.add_argument("--post", help="post_runner model")
     parser.add_argument("--left")
     parser.add_argument("--right")
-    parser.add_argument("--pairs", type=int, default=4, help="synthetic pairs to rotate through (no --left)")
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--pairs", type=at_least(1), default=4, help="synthetic pairs to rotate through (no --left)")
+    parser.add_argument("--reps", type=at_least(1), default=20)
+    parser.add_argument("--warmup", type=at_least(0), default=5)
     parser.add_argument("--sweep", action="store_true", help="every feat x post precision combination")
     parser.add_argument("--feat-fp16")
     parser.add_argument("--feat-int8")
@@ -425,23 +426,27 @@ def main(argv=None) -> int:
     parser.add_argument("--pipelines", help="comma list of " + ", ".join(PIPELINES)
                         + " (default: stock,flash,flash+graph on a GPU, cpu otherwise)")
     parser.add_argument("--kernels", action="store_true", help="GPU: norm and GWC kernels vs copy bandwidth")
-    parser.add_argument("--memory-frames", type=int, default=0, help="GPU: device memory over this many frames")
+    parser.add_argument("--memory-frames", type=at_least(0), default=0, help="GPU: device memory over this many frames")
     parser.add_argument("--pipelined", action="store_true",
                         help="GPU: throughput with frames in flight (one stream, then --streams streams)")
-    parser.add_argument("--streams", type=int, default=2, help="pipelines (CUDA streams) for --pipelined")
+    parser.add_argument("--streams", type=at_least(1), default=2, help="pipelines (CUDA streams) for --pipelined")
     parser.add_argument("--depth-points", action="store_true",
                         help="what metric depth and a full-resolution point cloud add to a frame")
     parser.add_argument("--json", default="bench.json")
     parser.add_argument("--chart", default="bench_stages.png")
     args = parser.parse_args(argv)
+    chosen = [kind.strip() for kind in args.pipelines.split(",") if kind.strip()] if args.pipelines else None
+    if chosen is not None and (not chosen or set(chosen) - set(PIPELINES)):
+        parser.error(f"--pipelines {args.pipelines!r}: choose from {', '.join(PIPELINES)}")
+    require_writable(parser, "--json", args.json)
+    require_writable(parser, "--chart", args.chart)
 
     try:
         configs = configs_from_args(args)
         device = resolve_device(args.device, configs[0][1], args.backend)
         if configs[0][1] is None:
             configs = [(configs[0][0], *map(str, default_models(device)))]
-        kinds = (args.pipelines.split(",") if args.pipelines else
-                 ["stock", "flash", "flash+graph"] if device == "cuda" else ["cpu"])
+        kinds = chosen or (["stock", "flash", "flash+graph"] if device == "cuda" else ["cpu"])
         gpu_extras = args.kernels or args.memory_frames or args.pipelined
         if gpu_extras and device != "cuda":
             raise FlashStereoError("--kernels, --memory-frames and --pipelined need the GPU pipeline")

@@ -11,8 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
+import onnx
+
 from .. import calibration, contract, images, quantize
-from ..errors import FlashStereoError
+from ..errors import FlashStereoError, ModelError
+from . import at_least, require_writable
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
@@ -33,9 +36,30 @@ def add_common_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
     parser.add_argument("--op-types",
                         help="comma-separated ONNX op types to quantize (default "
                              f"{','.join(quantize.DEFAULT_OP_TYPES[stage])})")
-    parser.add_argument("--max-samples", type=int, help="use at most this many calibration samples")
+    parser.add_argument("--max-samples", type=at_least(1), help="use at most this many calibration samples")
     parser.add_argument("--no-engine", action="store_true", help="stop after the ONNX files even with TensorRT")
-    parser.add_argument("--workspace-mib", type=int, help="TensorRT builder workspace limit")
+    parser.add_argument("--workspace-mib", type=at_least(1), help="TensorRT builder workspace limit")
+
+
+def check_outputs(parser: argparse.ArgumentParser, args) -> None:
+    """parser.error now, not after calibration, when an output cannot be written (missing folders are made)."""
+    outputs = {"--engine-out": args.engine_out, "--onnx-out": args.onnx_out}
+    if not reuse_cache(args):
+        outputs["--calib-cache"] = args.calib_cache
+    for option, path in outputs.items():
+        if path:
+            require_writable(parser, option, path, make_parents=True)
+
+
+def check_settings(args, model: onnx.ModelProto) -> None:
+    """Refuse settings that would fail mid-calibration: ONNX Runtime collects nothing for an op type the model
+    lacks and then fails with 'Histogram has not been collected'."""
+    settings = settings_from(args)
+    present = {node.op_type for node in model.graph.node}
+    missing = [op for op in settings.op_types or () if op not in present]
+    if missing:
+        raise ModelError(f"--op-types {','.join(missing)}: not in {Path(args.onnx).name}, whose op types are "
+                         f"{','.join(sorted(present))}")
 
 
 def settings_from(args) -> quantize.QuantSettings:
@@ -74,8 +98,10 @@ def main(argv=None) -> int:
     add_common_arguments(parser, quantize.FEATURE_STAGE)
     parser.add_argument("--calib-dir", help="calibration pairs (<scene>/im0.png, im1.png at the engine size)")
     args = parser.parse_args(argv)
+    check_outputs(parser, args)
     try:
-        _, inputs = quantize.expect_stage(args.onnx, quantize.FEATURE_STAGE)
+        model, inputs = quantize.expect_stage(args.onnx, quantize.FEATURE_STAGE)
+        check_settings(args, model)
         size = quantize.image_size(inputs)
         if not reuse_cache(args):
             if not args.calib_dir:

@@ -10,7 +10,7 @@ import sys
 
 from .. import calibration, quantize
 from ..errors import FlashStereoError
-from .build_int8 import add_common_arguments, reuse_cache, run_build
+from .build_int8 import add_common_arguments, check_outputs, check_settings, reuse_cache, run_build
 
 
 def main(argv=None) -> int:
@@ -18,9 +18,11 @@ def main(argv=None) -> int:
     add_common_arguments(parser, quantize.POST_STAGE)
     parser.add_argument("--npz-dir", help="post_runner inputs from flashstereo-gen-post-calib")
     args = parser.parse_args(argv)
+    check_outputs(parser, args)
     paths = []
     try:
-        _, inputs = quantize.expect_stage(args.onnx, quantize.POST_STAGE)
+        model, inputs = quantize.expect_stage(args.onnx, quantize.POST_STAGE)
+        check_settings(args, model)
         if not reuse_cache(args):
             if not args.npz_dir:
                 raise calibration.CalibrationDataError("--npz-dir is required unless --calib-cache names an "

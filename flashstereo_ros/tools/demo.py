@@ -15,6 +15,7 @@ import numpy as np
 from .. import colorize, resources
 from ..errors import FlashStereoError
 from ..pipelines import DEVICES, create_pipeline
+from . import require_writable
 from .scene import read_disparity_png
 
 BAD_PIXEL_THRESHOLD = 3.0
@@ -46,12 +47,20 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", choices=("tensorrt", "onnxruntime", "torch"))
     parser.add_argument("--no-resize", action="store_true", help="fail instead of resizing to the engine size")
     args = parser.parse_args(argv)
+    if bool(args.left) != bool(args.right):
+        parser.error("give both --left and --right, or neither for the bundled sample")
+    if not cv2.haveImageWriter(args.out):
+        parser.error(f"--out {args.out}: OpenCV cannot write this file type; use e.g. .png or .jpg")
+    require_writable(parser, "--out", args.out)
+    if args.save_disparity:
+        require_writable(parser, "--save-disparity", args.save_disparity)
 
     try:
         left_path = args.left or resources.asset("example_left.png")
         right_path = args.right or resources.asset("example_right.png")
         gt_path = args.gt or (resources.asset("example_disp_gt.png") if not args.left else None)
         left, right = read_rgb(left_path), read_rgb(right_path)
+        ground_truth = read_disparity_png(gt_path) if gt_path else None  # a bad file fails before inference
         pipe = create_pipeline(args.feat_engine, args.post_engine, device=args.device, backend=args.backend,
                                resize=not args.no_resize)
         disparity = pipe.infer(left, right)  # first frame: warms up (kernel build, allocations)
@@ -72,8 +81,8 @@ def main(argv=None) -> int:
     print(f"{name} ({', '.join(pipe.engines.backends)}), {size}")
     print(f"disparity: min {np.nanmin(disparity):.2f} px, max {np.nanmax(disparity):.2f} px")
     print("stage times (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in pipe.timings.items()))
-    if gt_path:
-        truth, valid = read_disparity_png(gt_path)
+    if ground_truth:
+        truth, valid = ground_truth
         if truth.shape != disparity.shape:
             print(f"ground truth {truth.shape} does not match the disparity {disparity.shape}; no error computed")
         else:

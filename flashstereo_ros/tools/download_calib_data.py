@@ -12,8 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import calibration
+from .. import calibration, contract
 from ..errors import FlashStereoError
+from . import at_least, require_writable
 
 DEFAULT_OUT_DIR = "assets/calib_pairs"
 DEFAULT_PAIRS = 16
@@ -22,15 +23,18 @@ DEFAULT_PAIRS = 16
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default=DEFAULT_OUT_DIR, help=f"where the pairs go (default {DEFAULT_OUT_DIR})")
-    parser.add_argument("--n", type=int, default=DEFAULT_PAIRS, help=f"number of pairs (default {DEFAULT_PAIRS})")
-    parser.add_argument("--height", type=int, default=480, help="engine input height (default 480)")
-    parser.add_argument("--width", type=int, default=640, help="engine input width (default 640)")
+    parser.add_argument("--n", type=at_least(1),
+                        help=f"number of pairs (default: as many as --scenes names, else {DEFAULT_PAIRS})")
+    parser.add_argument("--height", type=int, default=480,
+                        help=f"engine input height, a multiple of {contract.SIZE_MULTIPLE} (default 480)")
+    parser.add_argument("--width", type=int, default=640,
+                        help=f"engine input width, a multiple of {contract.SIZE_MULTIPLE} (default 640)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--from-dir", help="local folder of <scene>/im0.png, im1.png (a Middlebury copy) instead "
                                            "of downloading")
-    source.add_argument("--synthetic", type=int, metavar="N",
+    source.add_argument("--synthetic", type=at_least(1), metavar="N",
                         help="render N synthetic pairs instead (for machines that cannot download)")
-    parser.add_argument("--seed", type=int, default=0, help="first seed of --synthetic scenes (default 0)")
+    parser.add_argument("--seed", type=at_least(0), default=0, help="first seed of --synthetic scenes (default 0)")
     parser.add_argument("--base-url", default=calibration.MIDDLEBURY_2014_URL,
                         help=f"Middlebury 2014 root (default {calibration.MIDDLEBURY_2014_URL})")
     parser.add_argument("--variant", choices=calibration.MIDDLEBURY_VARIANTS, default="perfect",
@@ -42,22 +46,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def scene_names(args) -> list[str]:
+    return [s.strip() for s in args.scenes.split(",") if s.strip()] if args.scenes \
+        else list(calibration.MIDDLEBURY_2014_SCENES)
+
+
+def check_arguments(parser: argparse.ArgumentParser, args) -> None:
+    """parser.error on arguments that would otherwise fail after the download; fills in the default --n."""
+    for option, value in (("--height", args.height), ("--width", args.width)):
+        if value < contract.SIZE_MULTIPLE or value % contract.SIZE_MULTIPLE:
+            parser.error(f"{option} {value}: the engine size must be a multiple of {contract.SIZE_MULTIPLE}")
+    if args.timeout <= 0:
+        parser.error(f"--timeout must be positive, got {args.timeout}")
+    if args.scenes and not scene_names(args):
+        parser.error(f"--scenes {args.scenes!r} names no scene")
+    if args.n is None:  # the scenes named are the ones wanted
+        args.n = len(scene_names(args)) if args.scenes else DEFAULT_PAIRS
+    require_writable(parser, "--out-dir", args.out_dir, make_parents=True)
+
+
 def collect_pairs(args) -> tuple[list[calibration.StereoPair], str]:
     size = (args.height, args.width)
-    if args.height < 32 or args.width < 32:
-        raise calibration.CalibrationDataError(f"engine size {args.height}x{args.width} is too small")
     if args.synthetic is not None:
         return calibration.synthetic_pairs(args.synthetic, size, args.seed), \
             f"synthetic: {args.synthetic} scenes from seed {args.seed}"
-    if args.n < 1:
-        raise calibration.CalibrationDataError(f"--n must be at least 1, got {args.n}")
     if args.from_dir:
         pairs = calibration.import_pairs(args.from_dir, size, limit=args.n)
         if len(pairs) < args.n:
             print(f"note: {args.from_dir} holds {len(pairs)} pairs, fewer than --n {args.n}")
         return pairs, f"local: {Path(args.from_dir).resolve()}"
-    scenes = [s.strip() for s in args.scenes.split(",") if s.strip()] if args.scenes \
-        else list(calibration.MIDDLEBURY_2014_SCENES)
+    scenes = scene_names(args)
     if len(scenes) < args.n:
         raise calibration.CalibrationDataError(f"--n {args.n} asks for more pairs than the {len(scenes)} scenes "
                                                "available")
@@ -66,8 +84,12 @@ def collect_pairs(args) -> tuple[list[calibration.StereoPair], str]:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
     try:
+        # an existing folder is refused now, not after the download
+        calibration.check_replaceable(Path(args.out_dir), calibration.MANIFEST_FILE, args.force)
         pairs, source = collect_pairs(args)
         out_dir = calibration.write_pair_set(pairs, args.out_dir, source, force=args.force)
         written = calibration.load_pairs(out_dir, (args.height, args.width))  # read back what landed on disk

@@ -16,6 +16,7 @@ import numpy as np
 from .. import calibration, quantize, resources
 from ..errors import FlashStereoError
 from ..pipelines import DEVICES, create_pipeline
+from . import at_least, require_writable
 
 DEFAULT_OUT_DIR = "assets/post_calib"
 
@@ -51,9 +52,10 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=DEVICES, default="cpu",
                         help="pipeline device (default cpu; cuda downloads the GPU pipeline's post inputs)")
     parser.add_argument("--backend", choices=("tensorrt", "onnxruntime", "torch"))
-    parser.add_argument("--max-pairs", type=int, help="use at most this many pairs")
+    parser.add_argument("--max-pairs", type=at_least(1), help="use at most this many pairs")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
+    require_writable(parser, "--out-dir", args.out_dir, make_parents=True)
     default_feat, default_post = resources.bundled_models(".onnx")
     feat = Path(args.feat_engine) if args.feat_engine else default_feat
     post = Path(args.post_engine) if args.post_engine else default_post

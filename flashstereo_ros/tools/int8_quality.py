@@ -27,6 +27,7 @@ import numpy as np
 from .. import calibration, metrics, quantize, resources
 from ..cpu_pipeline import CpuStereoPipeline
 from ..errors import FlashStereoError
+from . import at_least, require_writable
 
 DEFAULT_EVAL_SEED = 1000  # far from the calibration sets' default seeds (0..N)
 CONFIGS = ("FP32", "FP16", "INT8-feat", "INT8-post", "INT8-both", "INT8-both+FP16")
@@ -102,13 +103,15 @@ def main(argv=None) -> int:
     parser.add_argument("--post-int8-fp16", help="likewise for the post stage")
     eval_source = parser.add_mutually_exclusive_group(required=True)
     eval_source.add_argument("--eval-dir", help="held-out pairs (<scene>/im0.png, im1.png at the engine size)")
-    eval_source.add_argument("--synthetic", type=int, metavar="N", help="N held-out synthetic pairs")
-    parser.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED,
+    eval_source.add_argument("--synthetic", type=at_least(1), metavar="N", help="N held-out synthetic pairs")
+    parser.add_argument("--seed", type=at_least(0), default=DEFAULT_EVAL_SEED,
                         help=f"first seed of --synthetic pairs (default {DEFAULT_EVAL_SEED})")
     parser.add_argument("--calib-dir", help="the calibration pairs: evaluation pairs found there are refused")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=at_least(1), help="ONNX Runtime intra-op threads")
     parser.add_argument("--json-out", help="also write the results as JSON")
     args = parser.parse_args(argv)
+    if args.json_out:
+        require_writable(parser, "--json-out", args.json_out)
 
     default_feat, default_post = resources.bundled_models(".onnx")
     models = {"feat": Path(args.feat_onnx or default_feat), "post": Path(args.post_onnx or default_post),

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -9,14 +11,20 @@ import numpy as np
 import yaml
 
 from .. import synthetic
+from . import at_least, require_writable
 
 DISPARITY_PNG_SCALE = 256.0  # KITTI convention: uint16 = disparity * 256, 0 = no ground truth
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image):  # OpenCV says False rather than raising
+        raise OSError(f"cannot write {path}")
 
 
 def write_disparity_png(path: Path, disparity: np.ndarray, valid: np.ndarray) -> None:
     encoded = np.clip(np.rint(disparity * DISPARITY_PNG_SCALE), 1, 65535).astype(np.uint16)
     encoded[~valid] = 0
-    cv2.imwrite(str(path), encoded)
+    write_image(path, encoded)
 
 
 def read_disparity_png(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -43,8 +51,8 @@ def write_scene(scene: synthetic.StereoScene, out_dir: Path, prefix: str = "exam
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{prefix}_left.png", out_dir / f"{prefix}_right.png",
              out_dir / f"{prefix}_disp_gt.png", out_dir / f"{prefix}_camera.yaml"]
-    cv2.imwrite(str(paths[0]), cv2.cvtColor(scene.left, cv2.COLOR_RGB2BGR))
-    cv2.imwrite(str(paths[1]), cv2.cvtColor(scene.right, cv2.COLOR_RGB2BGR))
+    write_image(paths[0], cv2.cvtColor(scene.left, cv2.COLOR_RGB2BGR))
+    write_image(paths[1], cv2.cvtColor(scene.right, cv2.COLOR_RGB2BGR))
     write_disparity_png(paths[2], scene.disparity, scene.valid)
     paths[3].write_text("# Rectified stereo camera of the sample pair (CameraInfo-style; P is row-major 3x4)\n"
                         + yaml.safe_dump(camera_yaml(scene), sort_keys=False))
@@ -56,12 +64,23 @@ def main(argv=None) -> int:
     parser.add_argument("--kind", choices=synthetic.SCENES, default="mixed")
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=at_least(0), default=0)
     parser.add_argument("--out-dir", default="assets")
-    parser.add_argument("--prefix", default="example")
+    parser.add_argument("--prefix", default="example", help="file name prefix (no folders: files stay in --out-dir)")
     args = parser.parse_args(argv)
-    scene = synthetic.make_scene(args.kind, args.height, args.width, args.seed)
-    for path in write_scene(scene, Path(args.out_dir), args.prefix):
+    if os.sep in args.prefix or (os.altsep and os.altsep in args.prefix):
+        parser.error(f"--prefix {args.prefix!r} must be a plain file name prefix, without path separators")
+    require_writable(parser, "--out-dir", args.out_dir, make_parents=True)
+    try:
+        scene = synthetic.make_scene(args.kind, args.height, args.width, args.seed)
+    except ValueError as exc:  # the size is checked first, before any rendering
+        parser.error(str(exc))
+    try:
+        paths = write_scene(scene, Path(args.out_dir), args.prefix)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
         print(path)
     return 0
 
