@@ -66,30 +66,31 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":
-        """Read an onnx.yaml; raise ModelError naming the file when it is not a mapping."""
+        """Read an onnx.yaml; raise ModelError naming the file when it is not a mapping of valid values."""
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ModelError(f"cannot read model config {path}: {exc}") from exc
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ModelError(f"cannot read model config {path} ({exc}): it must be a UTF-8 YAML mapping; fix it, "
+                             "or remove it to take every value from the engines (it is optional)") from exc
         if not isinstance(data, dict):
             raise ModelError(f"model config {path} must be a YAML mapping, got {type(data).__name__}")
         size = data.get("image_size")
         names = data.get("tensor_names") or {}
-        if not isinstance(names, dict) or not all(isinstance(v, str) for v in names.values()):
+        if not isinstance(names, dict) or not all(isinstance(n, str) for n in (*names, *names.values())):
             raise ModelError(f"{path}: tensor_names must map contract names to engine tensor names")
         unknown = set(names) - set(FEATURE_INPUTS + POST_INPUTS + POST_OUTPUTS)
         if unknown:
             raise ModelError(f"{path}: tensor_names has unknown contract names {sorted(unknown)}")
         try:
             return cls(
-                max_disp=_opt_int(data.get("max_disp")),
-                cv_group=_opt_int(data.get("cv_group")),
-                valid_iters=_opt_int(data.get("valid_iters")),
-                image_size=None if size is None else (int(size[0]), int(size[1])),
+                max_disp=_opt_int(data, "max_disp"),
+                cv_group=_opt_int(data, "cv_group"),
+                valid_iters=_opt_int(data, "valid_iters"),
+                image_size=None if size is None else _size(size),
                 tensor_names=dict(names),
             )
-        except (TypeError, ValueError, IndexError) as exc:
+        except (TypeError, ValueError) as exc:
             raise ModelError(f"{path}: malformed value ({exc})") from exc
 
     @classmethod
@@ -106,8 +107,21 @@ class ModelConfig:
         return self.tensor_names.get(contract_name, contract_name)
 
 
-def _opt_int(value) -> int | None:
-    return None if value is None else int(value)
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # YAML's true/false are bools, not 1/0
+
+
+def _opt_int(data: Mapping, key: str) -> int | None:
+    value = data.get(key)
+    if value is not None and not _is_int(value):
+        raise TypeError(f"{key} must be an integer, got {value!r}")
+    return value
+
+
+def _size(value) -> tuple[int, int]:
+    if not isinstance(value, list) or len(value) != 2 or not all(_is_int(v) for v in value):
+        raise TypeError(f"image_size must be [height, width] in integers, got {value!r}")
+    return value[0], value[1]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,17 +1,19 @@
 """The CPU pipeline: both stages in ONNX Runtime, the volume with the numpy reference.
 
 Same API as FlashStereoPipeline, for machines without a GPU (and the CI path). Host buffers are
-allocated once and bound to ONNX Runtime, so a frame allocates only numpy temporaries.
+allocated once and bound to ONNX Runtime, so a frame allocates only numpy temporaries; as those buffers
+are shared by every frame, one frame runs at a time (calls from several threads take turns).
 """
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import contract, gwc, images, resources
-from .base import StereoPipelineBase
+from .base import StereoPipelineBase, check_count, check_input_size
 from .depth import DepthLimits, StereoCamera, StereoOutput, outputs_from_disparity
 from .engines import load_engine_pair
 from .runners import HOST
@@ -23,10 +25,12 @@ class CpuStereoPipeline(StereoPipelineBase):
     def __init__(self, feat_engine_path: str | Path | None = None, post_engine_path: str | Path | None = None,
                  input_h: int | None = None, input_w: int | None = None, backend: str | None = None,
                  resize: bool = True, threads: int | None = None, config: contract.ModelConfig | None = None):
+        input_size = check_input_size(input_h, input_w)
+        threads = check_count(threads, "threads")
+        self._lock = threading.RLock()
         default_feat, default_post = resources.bundled_models(".onnx")
         self.engines = load_engine_pair(feat_engine_path or default_feat, post_engine_path or default_post,
-                                        backend, HOST, input_size=(input_h, input_w), config=config,
-                                        threads=threads)
+                                        backend, HOST, input_size=input_size, config=config, threads=threads)
         self.geometry = geo = self.engines.geometry
         self.resize = resize
         self.buffers: dict[str, np.ndarray] = {}
@@ -60,6 +64,12 @@ class CpuStereoPipeline(StereoPipelineBase):
         left, right, enc_left, enc_right = images.check_pair(left, right, encoding, right_encoding)
         size = left.shape[:2]
         images.check_size(size, self.input_size, self.resize)
+        with self._lock:
+            self._check_open()
+            return self._frame(left, right, enc_left, enc_right, size, camera, limits, want_depth, want_points,
+                               points_stride)
+
+    def _frame(self, left, right, enc_left, enc_right, size, camera, limits, want_depth, want_points, stride):
         geo, stamps = self.geometry, [time.perf_counter()]
         images.to_planar_rgb(left, enc_left, self.input_size, out=self.buffers[contract.LEFT])
         images.to_planar_rgb(right, enc_right, self.input_size, out=self.buffers[contract.RIGHT])
@@ -80,7 +90,7 @@ class CpuStereoPipeline(StereoPipelineBase):
         stamps.append(time.perf_counter())
         raw = images.disparity_to_camera(self.disparity.reshape(self.input_size).astype(np.float32), size)
         stamps.append(time.perf_counter())
-        output = outputs_from_disparity(raw, left, enc_left, camera, limits, want_depth, want_points, points_stride)
+        output = outputs_from_disparity(raw, left, enc_left, camera, limits, want_depth, want_points, stride)
         stamps.append(time.perf_counter())
         stages = ("preprocess", "feature", "norm", "gwc", "post", "postprocess", "depth_points")
         self.timings = {stage: (b - a) * 1e3 for stage, a, b in zip(stages, stamps, stamps[1:])}
@@ -93,4 +103,8 @@ class CpuStereoPipeline(StereoPipelineBase):
         return {"host": host, "device": 0}
 
     def close(self) -> None:
-        self.engines.close()
+        """Release the runners (after the frame in progress, if any); idempotent."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self.engines.close()

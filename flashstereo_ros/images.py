@@ -35,6 +35,7 @@ def check_image(image, encoding: str | None, what: str = "image") -> tuple[np.nd
     """Validate one image; return it as (H, W, C) uint8 and its encoding."""
     if not isinstance(image, np.ndarray):
         raise StereoInputError(f"{what} must be a numpy array, got {type(image).__name__}")
+    image = np.asarray(image)  # a subclass such as np.matrix (which cannot become 3-D) as a plain view
     if image.dtype != np.uint8:
         raise StereoInputError(f"{what} must be uint8 (8-bit images), got dtype {image.dtype}")
     encoding = encoding or guess_encoding(image)

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from . import contract, cuda, images, kernels, resources
-from .base import StereoPipelineBase
+from .base import StereoPipelineBase, check_input_size
 from .depth import DepthLimits, StereoCamera, StereoOutput
 from .engines import load_engine_pair
 from .errors import ModelError, StereoInputError
@@ -274,6 +274,7 @@ class FlashStereoPipeline(StereoPipelineBase):
                  input_h: int | None = None, input_w: int | None = None, backend: str | None = None,
                  resize: bool = True, use_cuda_graph: bool = False, device_id: int = 0,
                  config: contract.ModelConfig | None = None):
+        input_h, input_w = check_input_size(input_h, input_w)
         self._closed = True
         self.device_id = device_id
         self._ctx = cuda.primary_context(device_id)
@@ -535,12 +536,6 @@ class FlashStereoPipeline(StereoPipelineBase):
                 self._stager = None
             self.stream.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def _wait(self, frame: "PendingFrame") -> None:
         """Wait for a submitted frame, then hand its outputs to it (once; any thread)."""
         event = frame._event
@@ -557,10 +552,6 @@ class FlashStereoPipeline(StereoPipelineBase):
                 self._free_events.append(event)
 
     # ------------------------------------------------------------------------------------- frame
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StereoInputError("this pipeline is closed")
-
     def _is_table(self, buf) -> bool:
         cam = self._camera
         return cam is not None and any(buf is t for t in (*cam.image_tables, *cam.disp_tables))

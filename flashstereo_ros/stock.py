@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from . import contract, cuda, gwc, images, kernels, resources
-from .base import StereoPipelineBase
+from .base import StereoPipelineBase, check_input_size
 from .depth import DepthLimits, StereoCamera, StereoOutput, outputs_from_disparity
 from .engines import load_engine_pair
-from .errors import StereoInputError
 from .pipeline import Traffic
 from .runners import DEVICE
 
@@ -33,6 +32,7 @@ class StockPipeline(StereoPipelineBase):
     def __init__(self, feat_engine_path: str | Path | None = None, post_engine_path: str | Path | None = None,
                  input_h: int | None = None, input_w: int | None = None, backend: str | None = None,
                  resize: bool = True, device_id: int = 0, config: contract.ModelConfig | None = None):
+        input_h, input_w = check_input_size(input_h, input_w)
         self.device_id = device_id
         self._ctx = cuda.primary_context(device_id)
         self._lock = threading.RLock()
@@ -113,8 +113,7 @@ class StockPipeline(StereoPipelineBase):
         size = tuple(left.shape[:2])
         images.check_size(size, self.input_size, self.resize)
         with self._lock:
-            if self._released:
-                raise StereoInputError("this pipeline is closed")
+            self._check_open()
             self._ctx.make_current()
             return self._frame(left, right, enc_left, enc_right, size, camera, limits, want_depth, want_points,
                                points_stride)
@@ -208,7 +207,7 @@ class StockPipeline(StereoPipelineBase):
     def close(self) -> None:
         if getattr(self, "_released", True):
             return
-        self._released = True
+        self._released = self._closed = True
         try:
             self._ctx.make_current()
             self.stream.synchronize()
@@ -223,9 +222,3 @@ class StockPipeline(StereoPipelineBase):
             for event in pair:
                 event.close()
         self.stream.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

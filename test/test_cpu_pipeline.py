@@ -201,3 +201,46 @@ def test_submit_and_pipelined_stereo_work_with_the_cpu_pipeline():
         expected = [group.pipelines[0].infer(s.left, s.right) for s in scenes]
     assert np.array_equal(first, expected[0])
     assert all(np.array_equal(a, b) for a, b in zip(outputs, expected))
+
+
+def test_one_pipeline_used_from_several_threads_gives_the_single_threaded_results(small_pipe):
+    """Frames from several threads take turns on the shared host buffers (as on the GPU pipeline)."""
+    import threading
+
+    scenes = [synthetic.make_scene("mixed", 64, 128, seed=seed) for seed in (11, 12)]
+    expected = [small_pipe.infer(s.left, s.right) for s in scenes]
+    start, wrong = threading.Barrier(4), []
+
+    def run(worker):
+        start.wait()
+        for i in range(20):
+            k = (worker + i) % 2
+            if not np.array_equal(small_pipe.infer(scenes[k].left, scenes[k].right), expected[k]):
+                wrong.append((worker, i))
+
+    threads = [threading.Thread(target=run, args=(worker,)) for worker in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
+
+
+def test_context_manager_closes_and_a_closed_pipeline_says_so():
+    from flashstereo_ros import create_pipeline
+
+    scene = synthetic.make_scene("planes", 64, 128)
+    with create_pipeline(*resources.bundled_models(".onnx", (64, 128)), device="cpu") as pipe:
+        assert pipe.infer(scene.left, scene.right).shape == (64, 128)
+    pipe.close()  # a second close is harmless
+    with pytest.raises(StereoInputError, match="pipeline is closed"):
+        pipe.infer(scene.left, scene.right)
+    with pytest.raises(StereoInputError, match="pipeline is closed"):
+        pipe.submit(scene.left, scene.right)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix itself warns
+def test_np_matrix_images_are_taken_as_arrays(small_pipe):
+    scene = synthetic.make_scene("planes", 64, 128)
+    left, right = scene.left.mean(axis=2).astype(np.uint8), scene.right.mean(axis=2).astype(np.uint8)
+    assert np.array_equal(small_pipe.infer(np.asmatrix(left), np.asmatrix(right)), small_pipe.infer(left, right))
