@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command on a CUDA machine (the lent H100): regenerate the 480x640 .pt2 stand-ins with this machine's
+# One command on a CUDA machine (the lent H100 or H200): regenerate the 480x640 .pt2 stand-ins with this machine's
 # torch, run the GPU tests (pytest -m gpu), then flashstereo-bench: stock vs GPU-resident, kernels vs
 # copy bandwidth, memory over 1000 frames, frames in flight on one and two streams, depth + points cost;
 # again with a heavier post stage (HEAVY=0: not).
