@@ -192,20 +192,24 @@ def check_contract(feature_io: tuple[Mapping[str, TensorSpec], Mapping[str, Tens
     for name in FEATURE_OUTPUTS:
         if post_in[name].shape != feat_out[name].shape:
             raise ModelError(f"post_runner input '{post_in[name].name}' has shape {post_in[name].shape} but "
-                             f"feature_runner produces {feat_out[name].shape}: the engines were built for different sizes")
+                             f"feature_runner produces {feat_out[name].shape}: the engines were built for "
+                             "different sizes")
 
     volume = post_in[GWC_VOLUME]
     quarter = (height // 4, width // 4)
     if len(volume.shape) != 5 or volume.shape[0] != 1 or tuple(volume.shape[3:]) != quarter:
-        raise ModelError(f"post_runner input '{volume.name}' has shape {volume.shape}; expected (1,G,D,{quarter[0]},{quarter[1]})")
+        raise ModelError(f"post_runner input '{volume.name}' has shape {volume.shape}; "
+                         f"expected (1,G,D,{quarter[0]},{quarter[1]})")
     groups, disparities = volume.shape[1:3]
     channels = feat_out[FEATURES_LEFT_04].shape[1]
     if channels % groups:
         raise ModelError(f"feature channels {channels} are not divisible by the volume's {groups} groups")
     if config.cv_group is not None and config.cv_group != groups:
-        raise ModelError(f"onnx.yaml cv_group={config.cv_group} disagrees with the engine's gwc_volume groups {groups}")
+        raise ModelError(f"onnx.yaml cv_group={config.cv_group} disagrees with the engine's gwc_volume groups "
+                         f"{groups}")
     if config.max_disp is not None and config.max_disp // 4 != disparities:
-        raise ModelError(f"onnx.yaml max_disp={config.max_disp} disagrees with the engine's {disparities} disparity planes")
+        raise ModelError(f"onnx.yaml max_disp={config.max_disp} disagrees with the engine's {disparities} "
+                         "disparity planes")
     if volume.dtype not in (np.dtype(np.float16), np.dtype(np.float32)):
         raise ModelError(f"gwc_volume dtype {volume.dtype} is not supported (float16 or float32)")
 

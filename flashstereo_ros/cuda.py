@@ -300,7 +300,8 @@ class DeviceBuffer(_Buffer):
         have = _nbytes(other)
         nbytes = self.nbytes if nbytes is None else int(nbytes)
         if nbytes > self.nbytes or (have is not None and nbytes > have):
-            raise CudaError(f"copy of {nbytes} bytes does not fit ({self.nbytes} on the device, {have} on the other side)")
+            raise CudaError(f"copy of {nbytes} bytes does not fit ({self.nbytes} on the device, "
+                            f"{have} on the other side)")
         return nbytes
 
 

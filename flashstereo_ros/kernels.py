@@ -110,7 +110,8 @@ def _compile(source_name: str, arch: str, defines: Mapping[str, object] | None) 
         status = nv.nvrtcCompileProgram(program, len(options), [o.encode() for o in options])
         log = _program_log(program)
         if status[0] != nv.nvrtcResult.NVRTC_SUCCESS:
-            raise CudaError(f"nvrtcCompileProgram failed for {source_name} ({arch}, {_define_options(defines)}):\n{log}")
+            raise CudaError(f"nvrtcCompileProgram failed for {source_name} ({arch}, "
+                            f"{_define_options(defines)}):\n{log}")
         if arch.startswith("sm_"):
             size = check(nv.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize")
             image = bytes(size)

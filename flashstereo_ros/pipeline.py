@@ -381,8 +381,9 @@ class FlashStereoPipeline(StereoPipelineBase):
         feat = geo.feature_outputs[contract.FEATURES_LEFT_04]
         quarter = geo.quarter_size
         norm = kernels.GroupNormKernel(group_channels, feat.dtype, dev)
-        self._norm_launch = norm.prepare(self.features[contract.FEATURES_LEFT_04], self.features[contract.FEATURES_RIGHT_04],
-                                         *self.normalized, geo.groups, quarter[0] * quarter[1])
+        self._norm_launch = norm.prepare(self.features[contract.FEATURES_LEFT_04],
+                                         self.features[contract.FEATURES_RIGHT_04], *self.normalized, geo.groups,
+                                         quarter[0] * quarter[1])
         gwc = kernels.GwcKernel(group_channels, geo.disparities, geo.volume_dtype, dev)
         self._gwc_launch = gwc.prepare(*self.normalized, self.volume, geo.groups, *quarter)
         self._cast_launches = [kernels.CastKernel(src.dtype, dst.dtype, dev).prepare(src, dst, src.size)
@@ -574,7 +575,8 @@ class FlashStereoPipeline(StereoPipelineBase):
         cam = self._camera
         if plan is self._plan:
             return cam
-        if cam is None or cam.size != plan.size or cam.channels != tuple(images.ENCODINGS[e][0] for e in plan.encodings):
+        channels = tuple(images.ENCODINGS[e][0] for e in plan.encodings)
+        if cam is None or cam.size != plan.size or cam.channels != channels:
             self._drop_graph()
             if cam is not None:
                 self.stream.synchronize()
@@ -691,7 +693,9 @@ class FlashStereoPipeline(StereoPipelineBase):
 
     # ------------------------------------------------------------------------------------- graphs
     def _capture(self, plan: FramePlan) -> None:
-        """Capture the device work of `plan` (the frame just run eagerly was its warm-up)."""
+        """Capture the device work of `plan` (the frame just run eagerly was its warm-up). An engine may hold
+        work a graph cannot take (TensorRT: weight streaming, some plugins; its enqueue then fails while
+        capturing): the pipeline warns once and runs every frame eagerly from then on."""
         was_enabled = gc.isenabled()
         gc.disable()  # a finalizer freeing memory in mid-capture would invalidate it
         try:
@@ -707,6 +711,12 @@ class FlashStereoPipeline(StereoPipelineBase):
                     graph.abort_capture()
                     raise
                 graph.end_capture()
+        except Exception as exc:
+            warnings.warn(f"CUDA graph capture of the {'/'.join(self.engines.backends)} engines failed "
+                          f"({type(exc).__name__}: {exc}); running without a graph", RuntimeWarning, stacklevel=4)
+            self.graph_mode = None
+            self.stream.synchronize()  # a capture that broke off leaves nothing queued; raises if the stream is bad
+            return
         finally:
             if was_enabled:
                 gc.enable()

@@ -2,7 +2,7 @@
 
 TensorRT 11 removed implicit INT8 calibration and the FP16/INT8 builder flags, so the INT8 engines are
 built from ONNX files that carry their own QuantizeLinear/DequantizeLinear (Q/DQ) pairs; TensorRT 10
-(JetPack 6) builds the same files. Everything up to the engine runs on the CPU with ONNX Runtime:
+(JetPack 6.1 and later) builds the same files. Everything up to the engine runs on the CPU with ONNX Runtime:
 
 1. calibrate(): run the FP32 model on calibration samples and record each tensor's range (entropy,
    percentile or min-max), kept in a portable JSON cache (CalibrationCache) so a second machine can
@@ -469,10 +469,14 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, workspace_mib: 
         import tensorrt as trt
     except ImportError as exc:
         raise BackendUnavailableError("TensorRT is not importable: cannot build the engine here") from exc
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly_typed is None:
+        raise BackendUnavailableError(f"TensorRT {trt.__version__} cannot build strongly typed networks: the "
+                                      "INT8 Q/DQ engines need TensorRT 10 or newer (JetPack 6.1+)")
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    network = builder.create_network(1 << int(strongly_typed))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))

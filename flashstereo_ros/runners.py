@@ -6,7 +6,8 @@ stream; a runner never allocates per frame.
 
 - TensorRTRunner   `.engine`/`.plan`: TensorRT 10.x/11.x name-based API (set_tensor_address,
                    execute_async_v3). No TensorRT exists where this package is developed: this class is
-                   written against the documented API, kept thin, and its error paths are tested.
+                   written against the documented API, kept thin, and tested against a stand-in module
+                   with that API's documented returns (test_runners.py).
 - TorchRunner      `.pt2`: torch.export programs on CUDA, reading our device buffers in place
                    (__cuda_array_interface__) and writing results into them on our stream.
 - OnnxRuntimeRunner `.onnx`: ONNX Runtime with I/O binding to our buffers; CPU everywhere, CUDA EP
@@ -178,7 +179,8 @@ class TorchRunner:
         except ImportError as exc:
             raise BackendUnavailableError("the torch backend needs PyTorch with CUDA") from exc
         if not torch.cuda.is_available():
-            raise BackendUnavailableError("PyTorch sees no CUDA device; the torch backend runs .pt2 programs on the GPU")
+            raise BackendUnavailableError("PyTorch sees no CUDA device; the torch backend runs .pt2 programs on "
+                                          "the GPU")
         self._torch = torch
         self._device = torch.device("cuda", device_id)
         extra = {contract.IO_NAMES_FILE: ""}
@@ -269,10 +271,10 @@ class TensorRTRunner:
         runtime = trt.Runtime(self._logger)
         engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
-            detail = "; ".join(self._logger.messages) or "no detail from TensorRT"
             raise ModelError(f"'{path}' is not a TensorRT engine this TensorRT {trt.__version__} can load "
-                             f"(engines are tied to the TensorRT version and GPU they were built with; "
-                             f"rebuild it on this machine). TensorRT says: {detail}")
+                             f"(engines are tied to the TensorRT version and GPU they were built with: rebuild "
+                             f"it on this machine; a version-compatible engine, which carries host code, is "
+                             f"not loaded). TensorRT says: {self._logger.take() or 'nothing'}")
         self._runtime, self._engine = runtime, engine
         self._context = engine.create_execution_context()
         if self._context is None:
@@ -280,14 +282,18 @@ class TensorRTRunner:
         inputs, outputs = [], []
         for index in range(engine.num_io_tensors):
             name = engine.get_tensor_name(index)
+            self._check_layout(path, name)
             is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             shape = tuple(engine.get_tensor_shape(name))
             if is_input and any(d < 0 for d in shape):
                 if engine.num_optimization_profiles == 0:
                     raise ModelError(f"'{path.name}' input '{name}' has dynamic shape {list(shape)} and no "
                                      "optimization profile; rebuild with fixed shapes or a profile")
-                shape = tuple(engine.get_tensor_profile_shape(name, 0)[1])  # the profile's optimum
-                self._context.set_input_shape(name, shape)
+                # the profile's optimum: the size the engine was tuned for (rebuild for another)
+                shape = tuple(engine.get_tensor_profile_shape(name, 0)[1])
+                if not self._context.set_input_shape(name, shape):
+                    raise ModelError(f"'{path.name}' input '{name}': TensorRT refused its profile's own optimum "
+                                     f"shape {list(shape)}: {self._logger.take()}")
             (inputs if is_input else outputs).append((name, engine.get_tensor_dtype(name)))
         try:
             self.inputs = _specs((n, self._context.get_tensor_shape(n), trt.nptype(t)) for n, t in inputs)
@@ -297,17 +303,34 @@ class TensorRTRunner:
         for name, spec in {**self.inputs, **self.outputs}.items():
             _static(path, name, spec.shape)
 
+    def _check_layout(self, path: Path, name: str) -> None:
+        """Our buffers are plain row-major device arrays: a vectorised I/O format (built with e.g. trtexec
+        --inputIOFormats=fp16:hwc8) would be read and written with another layout and padding."""
+        trt, engine = self._trt, self._engine
+        layout = engine.get_tensor_format(name)
+        if layout != trt.TensorFormat.LINEAR:
+            raise ModelError(f"'{path.name}' tensor '{name}' has I/O format {layout}; the pipeline needs linear "
+                             "(row-major) tensors: rebuild without --inputIOFormats/--outputIOFormats (or with "
+                             "':chw' layouts)")
+        if engine.get_tensor_location(name) != trt.TensorLocation.DEVICE:
+            raise ModelError(f"'{path.name}' tensor '{name}' lives in host memory (a shape tensor?); the "
+                             "two-stage contract has device tensors only")
+
     def bind(self, name: str, address: int) -> None:
         if name not in self.inputs and name not in self.outputs:
             raise ModelError(f"no tensor named '{name}' in this engine")
+        self._logger.take()
         if not self._context.set_tensor_address(name, int(address)):
-            raise ModelError(f"TensorRT refused the address of '{name}': {'; '.join(self._logger.messages)}")
+            raise ModelError(f"TensorRT refused the address of '{name}': {self._logger.take()}")
 
     def enqueue(self, stream: int) -> None:
+        self._logger.take()  # only what this call says goes into its error
         if not self._context.execute_async_v3(int(stream)):
-            raise CudaError(f"TensorRT execute_async_v3 failed: {'; '.join(self._logger.messages[-3:])}")
+            raise CudaError(f"TensorRT execute_async_v3 failed: {self._logger.take() or 'no detail from TensorRT'}")
 
     def device_bytes(self) -> int:
+        """The execution context's working memory (TensorRT's device_memory_size_v2); the weights, which
+        the engine holds besides, are not counted."""
         size = getattr(self._engine, "device_memory_size_v2", None)
         return int(size if size is not None else self._engine.device_memory_size)
 
@@ -326,5 +349,10 @@ def _make_trt_logger(trt):
             if int(severity) <= int(trt.ILogger.Severity.WARNING):
                 self.messages.append(str(msg))
                 del self.messages[:-20]
+
+        def take(self) -> str:
+            """The warnings and errors since the last take, joined (and forgotten)."""
+            text, self.messages[:] = "; ".join(self.messages), []
+            return text
 
     return _Logger()

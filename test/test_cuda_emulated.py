@@ -549,6 +549,31 @@ def test_cuda_graph_replays_the_same_frame_sequence(emulated):
         graphed.close()
 
 
+def test_a_failed_capture_keeps_the_frame_and_runs_on_without_a_graph(emulated, monkeypatch):
+    """An engine whose enqueue fails while capturing (TensorRT weight streaming, some plugins)."""
+    emulated.graph_capture = "cuda"
+    eager, graphed = flash(), flash(use_cuda_graph=True)
+    refusals = []
+
+    def refuse(stream):
+        refusals.append(emulated.capturing.pop(int(stream)))
+        return (emulated.CUresult.CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, None)
+
+    monkeypatch.setattr(emulated, "cuStreamEndCapture", refuse)
+    try:
+        pairs = [scene(seed=i) for i in range(3)]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outputs = [graphed.infer(p.left, p.right) for p in pairs]
+        assert len(refusals) == 1 and graphed.graph_mode is None
+        assert any("capture" in str(w.message) and "without a graph" in str(w.message) for w in caught)
+        for p, out in zip(pairs, outputs):
+            assert np.array_equal(out, eager.infer(p.left, p.right))
+    finally:
+        eager.close()
+        graphed.close()
+
+
 def test_runner_that_cannot_be_captured_runs_without_a_graph(emulated):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -756,7 +781,8 @@ def test_submitted_frames_run_later_in_order_and_each_keeps_its_output(emulated,
         emulated.deferred = True
         frames = [pipe.submit(s.left, s.right) for s in scenes[:2]]
         assert emulated.pending() > 0 and not frames[0].done()  # the second was staged before the first ran
-        frames.append(pipe.submit(scenes[2].left, scenes[2].right))  # staging waits for the second's uploads (after the first)
+        # staging waits for the second's uploads (after the first)
+        frames.append(pipe.submit(scenes[2].left, scenes[2].right))
         assert frames[0].done() and not frames[2].done()
         outputs = [f.result().disparity for f in frames]
         assert all(f.done() for f in frames)

@@ -79,7 +79,8 @@ GWC_VARIANTS = {"pipelined": {}, "pipelined, 3 blocks": {"max_blocks": 3},
 @pytest.mark.parametrize("out_dtype", [np.float16, np.float32])
 @pytest.mark.parametrize("group_channels,disparities,h,w,variant", [
     (28, 48, 13, 75, "pipelined"), (28, 48, 13, 75, "pipelined, 3 blocks"), (28, 48, 5, 20, "pipelined"),
-    (8, 12, 7, 33, "pipelined"), (28, 48, 3, 40, "pipelined"), (28, 48, 4, 160, "pipelined"), (28, 48, 4, 160, "pipelined, 3 blocks"),
+    (8, 12, 7, 33, "pipelined"), (28, 48, 3, 40, "pipelined"), (28, 48, 4, 160, "pipelined"),
+    (28, 48, 4, 160, "pipelined, 3 blocks"),
     (28, 48, 3, 400, "pipelined, 3 blocks"), (28, 48, 4, 160, "pipelined, 1 copy group"),
     (28, 48, 13, 75, "pipelined, 3 copy groups, 3 blocks"), (8, 12, 7, 33, "pipelined, 3 copy groups, 3 blocks"),
     (28, 48, 3, 400, "pipelined, 8 copy groups"), (28, 48, 3, 160, "tiled 8x16"), (28, 48, 3, 75, "tiled 4x8"),
@@ -107,7 +108,8 @@ def test_preprocess_is_exact_without_resize(stream, encoding, out_dtype):
     channels = images.ENCODINGS[encoding][0]
     image = rng.integers(0, 256, (48, 80, channels), dtype=np.uint8)
     dst = poisoned((1, 3, 48, 80), out_dtype, stream)
-    launch = kernels.PreprocessKernel(out_dtype).prepare(upload(image), (48, 80), 80 * channels, encoding, dst, (48, 80))
+    launch = kernels.PreprocessKernel(out_dtype).prepare(upload(image), (48, 80), 80 * channels, encoding, dst,
+                                                         (48, 80))
     assert bits_equal(run(launch, stream, dst), images.to_planar_rgb(image, encoding, (48, 80), dtype=out_dtype))
 
 

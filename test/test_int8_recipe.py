@@ -264,6 +264,9 @@ def test_build_engine_reports_parser_errors_and_missing_tensorrt(tmp_path, monke
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     with pytest.raises(ModelError, match="unsupported operator Foo"):
         quantize.build_engine(FEAT, tmp_path / "x.engine", log=lambda m: None)
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0)  # TensorRT 8.6
+    with pytest.raises(BackendUnavailableError, match="need TensorRT 10 or newer"):
+        quantize.build_engine(FEAT, tmp_path / "x.engine", log=lambda m: None)
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(BackendUnavailableError, match="TensorRT is not importable"):
         quantize.build_engine(FEAT, tmp_path / "x.engine", log=lambda m: None)

@@ -1,12 +1,14 @@
 """Runner selection and the error paths that can be exercised without TensorRT or a GPU."""
 import builtins
 import importlib.util
+import sys
+import types
 
 import numpy as np
 import pytest
 
 from flashstereo_ros import resources, runners
-from flashstereo_ros.errors import BackendUnavailableError, ModelError
+from flashstereo_ros.errors import BackendUnavailableError, CudaError, ModelError
 
 
 def test_backend_from_suffix():
@@ -79,3 +81,169 @@ def test_unbound_tensor_is_named():
     runner = runners.open_runner(feat)
     with pytest.raises(ModelError, match="never bound"):
         runner.enqueue(0)
+
+
+class FakeTensorRT:
+    """The parts of the TensorRT 10 runtime API that TensorRTRunner uses, with its documented returns:
+    deserialize_cuda_engine -> None on failure, set_* and execute_async_v3 -> bool, nptype TypeError for
+    types numpy lacks. Tensors: name -> (mode, shape, dtype, format, location)."""
+
+    def __init__(self, tensors, profile=None, accept_shape=True, accept_address=True, execute_ok=True):
+        self.tensors, self.profile = tensors, profile
+        self.accept_shape, self.accept_address, self.execute_ok = accept_shape, accept_address, execute_ok
+        self.calls = []
+        fake = self
+        self.module = types.ModuleType("tensorrt")
+        trt = self.module
+        trt.__version__ = "10.3-fake"
+        trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+        trt.TensorFormat = types.SimpleNamespace(LINEAR="LINEAR", HWC8="HWC8")
+        trt.TensorLocation = types.SimpleNamespace(DEVICE="DEVICE", HOST="HOST")
+
+        class ILogger:
+            Severity = types.SimpleNamespace(ERROR=1, WARNING=2, INFO=3)
+
+            def __init__(self):
+                pass
+
+        def nptype(dtype):
+            if dtype == "BF16":
+                raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
+            return {"FLOAT": np.float32, "HALF": np.float16}[dtype]
+
+        class Context:
+            def __init__(self):
+                self.shapes = {}
+
+            def set_input_shape(self, name, shape):
+                fake.calls.append(("set_input_shape", name, tuple(shape)))
+                self.shapes[name] = tuple(shape)
+                return fake.accept_shape
+
+            def get_tensor_shape(self, name):
+                return self.shapes.get(name, fake.tensors[name][1])
+
+            def set_tensor_address(self, name, address):
+                fake.calls.append(("set_tensor_address", name, address))
+                return fake.accept_address
+
+            def execute_async_v3(self, stream):
+                fake.calls.append(("execute_async_v3", stream))
+                if not fake.execute_ok:
+                    fake.logger.log(1, "enqueue: an operation not permitted while capturing")
+                return fake.execute_ok
+
+        class Engine:
+            num_io_tensors = len(tensors)
+            num_optimization_profiles = 0 if profile is None else 1
+            device_memory_size_v2 = 12345
+
+            def get_tensor_name(self, index):
+                return list(fake.tensors)[index]
+
+            def get_tensor_mode(self, name):
+                return fake.tensors[name][0]
+
+            def get_tensor_shape(self, name):
+                return fake.tensors[name][1]
+
+            def get_tensor_dtype(self, name):
+                return fake.tensors[name][2]
+
+            def get_tensor_format(self, name):
+                return fake.tensors[name][3]
+
+            def get_tensor_location(self, name):
+                return fake.tensors[name][4]
+
+            def get_tensor_profile_shape(self, name, index):
+                return fake.profile[name]
+
+            def create_execution_context(self):
+                return Context()
+
+        class Runtime:
+            def __init__(self, logger):
+                fake.logger = logger
+
+            def deserialize_cuda_engine(self, data):
+                if data != b"engine":
+                    fake.logger.log(1, "Serialization assertion failed: magic tag mismatch")
+                    return None
+                return Engine()
+
+        trt.ILogger, trt.nptype, trt.Runtime = ILogger, nptype, Runtime
+
+
+def trt_tensors(**changes):
+    tensors = {"left": ("INPUT", (1, 3, 64, 128), "FLOAT", "LINEAR", "DEVICE"),
+               "features_left_04": ("OUTPUT", (1, 224, 16, 32), "HALF", "LINEAR", "DEVICE")}
+    for name, change in changes.items():
+        tensors[name] = tuple(change.get(i, v) for i, v in enumerate(tensors[name]))
+    return tensors
+
+
+@pytest.fixture
+def engine_file(tmp_path):
+    path = tmp_path / "feature_runner.engine"
+    path.write_bytes(b"engine")
+    return path
+
+
+def use(monkeypatch, fake):
+    monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
+    return fake
+
+
+def test_tensorrt_runner_reads_specs_binds_and_enqueues(engine_file, monkeypatch):
+    fake = use(monkeypatch, FakeTensorRT(trt_tensors()))
+    runner = runners.open_runner(engine_file, memory=runners.DEVICE)
+    assert runner.inputs["left"].shape == (1, 3, 64, 128) and runner.inputs["left"].dtype == np.float32
+    assert runner.outputs["features_left_04"].dtype == np.float16
+    runner.bind("left", 0x1000)
+    runner.enqueue(7)
+    assert fake.calls == [("set_tensor_address", "left", 0x1000), ("execute_async_v3", 7)]
+    assert runner.device_bytes() == 12345
+    with pytest.raises(ModelError, match="no tensor named 'right'"):
+        runner.bind("right", 0x2000)
+
+
+def test_tensorrt_engine_that_does_not_load_says_why(engine_file, monkeypatch):
+    use(monkeypatch, FakeTensorRT(trt_tensors()))
+    engine_file.write_bytes(b"built by another TensorRT")
+    with pytest.raises(ModelError, match="rebuild it on this machine.*magic tag mismatch"):
+        runners.open_runner(engine_file, memory=runners.DEVICE)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"left": {3: "HWC8"}}, "I/O format HWC8.*linear"),
+    ({"left": {4: "HOST"}}, "host memory"),
+    ({"features_left_04": {2: "BF16"}}, "dtype numpy cannot hold"),
+    ({"left": {1: (1, 3, -1, -1)}}, "dynamic shape .* no optimization profile"),
+])
+def test_tensorrt_engines_the_pipeline_cannot_bind_are_refused(engine_file, monkeypatch, changes, message):
+    use(monkeypatch, FakeTensorRT(trt_tensors(**changes)))
+    with pytest.raises(ModelError, match=message):
+        runners.open_runner(engine_file, memory=runners.DEVICE)
+
+
+def test_tensorrt_dynamic_input_runs_at_its_profile_optimum(engine_file, monkeypatch):
+    profile = {"left": [(1, 3, 32, 64), (1, 3, 64, 128), (1, 3, 128, 256)]}
+    fake = use(monkeypatch, FakeTensorRT(trt_tensors(left={1: (1, 3, -1, -1)}), profile))
+    runner = runners.open_runner(engine_file, memory=runners.DEVICE)
+    assert runner.inputs["left"].shape == (1, 3, 64, 128)
+    assert ("set_input_shape", "left", (1, 3, 64, 128)) in fake.calls
+    use(monkeypatch, FakeTensorRT(trt_tensors(left={1: (1, 3, -1, -1)}), profile, accept_shape=False))
+    with pytest.raises(ModelError, match="refused its profile's own optimum"):
+        runners.open_runner(engine_file, memory=runners.DEVICE)
+
+
+def test_tensorrt_refusals_at_run_time_name_the_call(engine_file, monkeypatch):
+    fake = use(monkeypatch, FakeTensorRT(trt_tensors(), accept_address=False, execute_ok=False))
+    runner = runners.open_runner(engine_file, memory=runners.DEVICE)
+    fake.logger.log(2, "an old warning from loading")
+    with pytest.raises(ModelError, match="refused the address of 'left'"):
+        runner.bind("left", 0x1000)
+    with pytest.raises(CudaError, match="execute_async_v3 failed: enqueue: an operation not permitted") as info:
+        runner.enqueue(7)
+    assert "old warning" not in str(info.value)  # only what the failing call said
