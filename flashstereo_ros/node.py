@@ -23,6 +23,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -64,7 +65,9 @@ CLOCK_MISMATCH_S = 3600.0  # stamps this far from the node clock come from anoth
 WORKER_POLL_S = 0.2
 # image pairs in a row that found no CameraInfo with their stamps before the newest CameraInfo is used
 # instead (latched/static calibration, or infos stamped differently from the images)
-NEWEST_INFO_AFTER_PAIRS = 3
+NEWEST_INFO_AFTER_PAIRS = 3  # image pairs in a row without their CameraInfos, and ...
+NEWEST_INFO_AFTER_S = 1.0  # ... no full set for this long: use the newest CameraInfos (a busy executor may
+# take a few images before their infos; a latched calibration never comes with the images' stamps)
 RECENT_PAIRS = 16  # left images remembered so a pair handed over by both paths is processed once
 TIME_JUMP_S = 1.0  # a stamp this much older than its topic's last one: the clock jumped back (sim reset, bag)
 
@@ -169,6 +172,7 @@ class FlashStereoNode(Node):
         self._sync_backend = "message_filters" if message_filters_available() else "built-in"
         self._handoff_lock = threading.Lock()
         self._pairs_without_info = 0
+        self._last_full_set = time.monotonic()
         self._newest_info_pairs = 0
         self._using_newest_info = False
         self._newest_info_used = RateMeter()
@@ -191,9 +195,11 @@ class FlashStereoNode(Node):
             self._subscribe(index, ros_qos.choose_reliability(self._param("qos_reliability"), []),
                             ros_qos.choose_durability([]))
         self._check_qos()
-        self._qos_timer = self.create_timer(QOS_CHECK_PERIOD_S, lambda: self._guarded(self._check_qos))
+        # on the steady clock: with use_sim_time and no /clock yet, ROS time stands still
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._qos_timer = self.create_timer(QOS_CHECK_PERIOD_S, lambda: self._guarded(self._check_qos), clock=steady)
         self._diagnostics_timer = self.create_timer(DIAGNOSTICS_PERIOD_S,
-                                                    lambda: self._guarded(self._publish_diagnostics))
+                                                    lambda: self._guarded(self._publish_diagnostics), clock=steady)
 
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name=f"flashstereo:{self.get_fully_qualified_name()}",
@@ -272,7 +278,7 @@ class FlashStereoNode(Node):
     def _on_synchronized(self, left, left_info, right, right_info) -> None:
         self._synchronized.tick(time.monotonic())
         with self._handoff_lock:
-            self._pairs_without_info = 0
+            self._pairs_without_info, self._last_full_set = 0, time.monotonic()
             switched, self._using_newest_info = self._using_newest_info, False
         if switched:
             self.get_logger().info("CameraInfos come with the images' stamps again: matching them by stamp")
@@ -282,7 +288,8 @@ class FlashStereoNode(Node):
         """An image pair; used with the newest CameraInfos only once pairs keep coming without matching infos."""
         with self._handoff_lock:
             self._pairs_without_info += 1
-            if self._pairs_without_info < NEWEST_INFO_AFTER_PAIRS:
+            if (self._pairs_without_info < NEWEST_INFO_AFTER_PAIRS
+                    or time.monotonic() - self._last_full_set < NEWEST_INFO_AFTER_S):
                 return
         left_info, right_info = self._inputs[LEFT_INFO].latest, self._inputs[RIGHT_INFO].latest
         if left_info is None or right_info is None:
@@ -353,6 +360,8 @@ class FlashStereoNode(Node):
         try:
             callback(*args)
         except Exception as exc:
+            if not self.context.ok():  # shutting down (Ctrl-C): publishers are gone, nothing to report
+                return
             try:
                 self._problem(getattr(callback, "__name__", "callback").strip("_"), ERROR,
                               f"{type(exc).__name__}: {exc}")
@@ -623,7 +632,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=DEFAULT_NODE_NAME, help="node name (default: %(default)s)")
     parser.add_argument("--namespaces", nargs="+", metavar="NS",
                         help="run one node per camera namespace in this process, sharing one engine pair")
-    options = parser.parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
+    try:
+        options = parser.parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
+    except RuntimeError as exc:  # rcl's own argument parser: a missing or malformed --params-file, a bad remap
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if options.namespaces and any(arg.startswith("__ns:=") for arg in argv):
+        parser.error("--namespaces names each node's namespace: drop the -r __ns:=... remap (it would put every "
+                     "node in the same namespace under the same name)")
     rclpy.init(args=argv)
     nodes: list[FlashStereoNode] = []
     try:

@@ -3,6 +3,7 @@
     ros2 launch flashstereo_ros stereo.launch.py                                  # config/stereo.yaml
     ros2 launch flashstereo_ros stereo.launch.py config:=/path/zed.yaml namespace:=front \
         feat_engine:=/models/feature_runner.engine post_engine:=/models/post_runner.engine
+    ros2 launch flashstereo_ros stereo.launch.py use_sim_time:=true device:=cpu         # simulation, no GPU
 
 The YAML's `/**: ros__parameters` go to the node; its `flashstereo_launch: ros__parameters` section
 says where the camera's topics are (namespace, left/right image and camera_info names), turned into
@@ -28,8 +29,12 @@ ARGUMENTS = {
     "namespace": "namespace of the node and its outputs; empty: the config's flashstereo_launch namespace",
     "feat_engine": "feature_runner model file; empty: the config's feat_engine",
     "post_engine": "post_runner model file; empty: the config's post_engine",
+    "device": "auto, cuda or cpu; empty: the config's device",
+    "use_sim_time": "true: stamps and timers follow /clock (simulation, bag play --clock); empty: the config's "
+                    "use_sim_time, else false",
 }
-PARAMETER_ARGUMENTS = ("feat_engine", "post_engine")  # arguments that override node parameters
+PARAMETER_ARGUMENTS = ("feat_engine", "post_engine", "device", "use_sim_time")  # they override node parameters
+BOOLEAN_ARGUMENTS = {"use_sim_time"}
 
 
 def default_config() -> str:
@@ -58,8 +63,19 @@ def executable() -> dict:
     return {"executable": found} if found else {"package": PACKAGE, "executable": EXECUTABLE}
 
 
-def node_settings(config: str, namespace: str = "", feat_engine: str = "", post_engine: str = "") -> dict:
-    """What the Node action gets: name, namespace, parameters (the file, then overrides), remappings."""
+def parameter_value(name: str, text: str):
+    """A launch argument's text as the node parameter's type (launch arguments are strings)."""
+    if name not in BOOLEAN_ARGUMENTS:
+        return text
+    value = text.strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"launch argument {name} must be true or false, got {text!r}")
+    return value == "true"
+
+
+def node_settings(config: str, namespace: str = "", **overrides: str) -> dict:
+    """What the Node action gets: name, namespace, parameters (the file, then the non-empty PARAMETER_ARGUMENTS
+    in overrides), remappings."""
     path = Path(config).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
@@ -71,7 +87,10 @@ def node_settings(config: str, namespace: str = "", feat_engine: str = "", post_
                          f"namespace, {', '.join(INPUT_KEYS)}")
     remappings = [(topic, str(wiring[key])) for key, topic in INPUT_KEYS.items()
                   if wiring.get(key) and str(wiring[key]) != topic]
-    overrides = {name: value for name, value in (("feat_engine", feat_engine), ("post_engine", post_engine)) if value}
+    unknown = set(overrides) - set(PARAMETER_ARGUMENTS)
+    if unknown:
+        raise TypeError(f"not launch arguments that set node parameters: {sorted(unknown)}")
+    overrides = {name: parameter_value(name, value) for name, value in overrides.items() if value}
     return {"name": NODE_NAME, "namespace": namespace or str(wiring.get("namespace") or ""),
             "parameters": [str(path)] + ([overrides] if overrides else []), "remappings": remappings}
 
@@ -85,7 +104,7 @@ def generate_launch_description():
     def start_node(context):
         values = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
         settings = node_settings(values["config"] or default_config(), values["namespace"],
-                                 values["feat_engine"], values["post_engine"])
+                                 **{name: values[name] for name in PARAMETER_ARGUMENTS})
         return [Node(**executable(), output="screen", emulate_tty=True, **settings)]
 
     defaults = {"config": default_config()}

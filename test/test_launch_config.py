@@ -15,6 +15,7 @@ import yaml
 
 rclpy = pytest.importorskip("rclpy")
 
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
 from flashstereo_ros import node as node_module  # noqa: E402
@@ -113,8 +114,9 @@ def test_colcon_installs_the_node_where_ros2_run_looks():
 
 def test_launch_file_arguments_match_the_node():
     launch = launch_module()
-    assert set(launch.ARGUMENTS) == {"config", "namespace", "feat_engine", "post_engine"}
-    assert set(launch.PARAMETER_ARGUMENTS) <= {spec.name for spec in PARAMETERS}
+    assert set(launch.ARGUMENTS) == {"config", "namespace", "feat_engine", "post_engine", "device", "use_sim_time"}
+    assert set(launch.PARAMETER_ARGUMENTS) <= {spec.name for spec in PARAMETERS} | {"use_sim_time"}
+    assert set(launch.PARAMETER_ARGUMENTS) <= set(launch.ARGUMENTS)
     assert set(launch.INPUT_KEYS.values()) == set(INPUT_TOPICS)
     assert launch.NODE_NAME == node_module.DEFAULT_NODE_NAME
     assert f"{launch.EXECUTABLE} = flashstereo_ros.node:main" in (ROOT / "setup.py").read_text()
@@ -131,10 +133,13 @@ def test_launch_remaps_only_the_node_inputs(config):
 
 def test_launch_arguments_override_the_config():
     settings = launch_module().node_settings(str(ROOT / "config" / "zed.yaml"), namespace="front",
-                                             feat_engine="/m/f.engine", post_engine="")
+                                             feat_engine="/m/f.engine", post_engine="", device="cpu",
+                                             use_sim_time="True")
     assert settings["namespace"] == "front"
-    assert settings["parameters"][1] == {"feat_engine": "/m/f.engine"}
-    assert ("left/image_rect", "/zed/zed_node/left/image_rect_color") in settings["remappings"]
+    assert settings["parameters"][1] == {"feat_engine": "/m/f.engine", "device": "cpu", "use_sim_time": True}
+    assert ("left/image_rect", "/zed/zed_node/left/color/rect/image") in settings["remappings"]
+    with pytest.raises(ValueError, match="use_sim_time must be true or false"):
+        launch_module().node_settings(str(ROOT / "config" / "zed.yaml"), use_sim_time="yes please")
 
 
 def test_launch_refuses_unknown_wiring_keys(tmp_path):
@@ -277,3 +282,33 @@ def test_console_entry_names_a_missing_model_and_exits_1(tmp_path):
                                            f"post_engine:={tmp_path}/nope2.onnx"],
                          env=ros_env(DOMAIN), capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "error:" in run.stderr and "nope.onnx" in run.stderr, run.stderr
+
+
+def test_console_entry_names_a_bad_params_file_and_refuses_two_namespace_sources(tmp_path):
+    import subprocess
+
+    run = subprocess.run(node_command() + ["--ros-args", "--params-file", str(tmp_path / "nope.yaml")],
+                         env=ros_env(DOMAIN), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and run.stderr.startswith("error:") and "nope.yaml" in run.stderr, run.stderr
+    run = subprocess.run(node_command() + ["--namespaces", "front", "rear", "--ros-args", "-r", "__ns:=/robot"],
+                         env=ros_env(DOMAIN), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "__ns" in run.stderr, run.stderr
+
+
+def test_diagnostics_run_on_sim_time_before_any_clock(context):
+    """use_sim_time with no /clock yet (simulation not started): ROS time stands still, diagnostics must not."""
+    node = FlashStereoNode(parameter_overrides={**SMALL_OVERRIDES, "use_sim_time": True}, context=context)
+    listener = rclpy.create_node("diagnostics_listener", context=context)
+    received = []
+    listener.create_subscription(DiagnosticArray, "/diagnostics", received.append, 10)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    executor.add_node(listener)
+    try:
+        assert node.get_clock().now().nanoseconds == 0  # no /clock: sim time has not started
+        assert spin_until(executor, lambda: received, 5.0), "no diagnostics on sim time without /clock"
+    finally:
+        executor.remove_node(node)
+        executor.remove_node(listener)
+        listener.destroy_node()
+        node.destroy_node()

@@ -15,6 +15,7 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
 from flashstereo_ros import resources, synthetic  # noqa: E402
 from flashstereo_ros.diagnostics import WARN, status_level  # noqa: E402
+from flashstereo_ros.node import NEWEST_INFO_AFTER_PAIRS  # noqa: E402
 from flashstereo_ros.ros_testing import (NodeProcess, StereoClient, camera_infos, disparity_array, encode,  # noqa: E402
                                          image_msg, init_context, node_command, now_ns, ros_env, spin_until)
 
@@ -255,6 +256,24 @@ def test_camera_info_arriving_after_its_images_is_used(rig):
     rig.client.publish(1, rig.infos[0], stamp)
     rig.client.publish(3, rig.infos[1], stamp)
     assert rig.answer(stamp) is not None and rig.answer(stamp, "depth") is not None
+
+
+def test_camera_infos_a_few_frames_late_are_still_matched_by_stamp(rig):
+    """A busy executor may take several image pairs before their infos: that is not a latched calibration."""
+    rig.good_pair_is_processed()  # the node has had CameraInfos before
+    lines = rig.log_lines()
+    left, right = rig.pair()
+    stamps = [now_ns(rig.ros) + k * 33_333_333 for k in range(NEWEST_INFO_AFTER_PAIRS + 1)]
+    for stamp in stamps:
+        rig.client.publish(0, left, stamp)
+        rig.client.publish(2, right, stamp)
+    rig.spin(lambda: False, 0.2)
+    for stamp in stamps:
+        rig.client.publish(1, rig.infos[0], stamp)
+        rig.client.publish(3, rig.infos[1], stamp)
+    assert rig.answer(stamps[-1]) is not None
+    assert not rig.logged("do not come with the images' stamps", lines, timeout_s=0.5)
+    assert "do not come with the images' stamps" not in "\n".join(rig.node.log().splitlines()[lines:])
 
 
 def test_a_repeated_problem_is_logged_once_per_period(rig):
