@@ -93,9 +93,17 @@ def image_window(info, width: int, height: int) -> tuple[int, int, int, int]:
     """
     roi = info.roi
     if int(roi.width) > 0 and int(roi.height) > 0:
-        return int(roi.x_offset), int(roi.y_offset), int(roi.width), int(roi.height)
-    w, h = int(info.width), int(info.height)
-    return (0, 0, width, height) if w == 0 and h == 0 else (0, 0, w, h)
+        x0, y0, w, h = int(roi.x_offset), int(roi.y_offset), int(roi.width), int(roi.height)
+    else:
+        x0, y0, w, h = 0, 0, int(info.width), int(info.height)
+        if w == 0 and h == 0:
+            return 0, 0, width, height
+    bx, by = max(int(info.binning_x), 1), max(int(info.binning_y), 1)
+    if (bx, by) != (1, 1) and (w, h) == (width, height):
+        # sizes given after binning (CameraInfo.msg asks for the full ones): image_geometry divides K by
+        # the binning whatever the sizes say, and so does this
+        w, h = w * bx, h * by
+    return x0, y0, w, h
 
 
 def anisotropic_scale(info, width: int, height: int, tolerance: float = ASPECT_TOLERANCE) -> str | None:

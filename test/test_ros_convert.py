@@ -119,6 +119,17 @@ def test_camera_info_roi_is_a_window_of_the_full_frame_not_a_resize():
     assert (info.k[0], info.k[2], info.p[2], info.p[6]) == (200.0, half.cx, half.cx, half.cy)
 
 
+def test_binning_with_sizes_given_after_binning_divides_k_as_image_geometry_does():
+    left, right = camera_infos(400.0, 0.1, 640, 480, cx_offset=4.0)  # K, P of the full frame
+    for info in (left, right):
+        info.width, info.height, info.binning_x, info.binning_y = 320, 240, 2, 2  # not the full size
+    camera = ros_convert.stereo_camera(left, right, 320, 240)
+    assert (camera.fx, camera.cx, camera.cx_offset) == (200.0, pytest.approx(319.5 / 2), pytest.approx(2.0))
+    assert ros_convert.disparity_parameters(right, 320, 240)[0] == 200.0
+    info = ros_convert.scaled_camera_info(left, Header(frame_id="cam"), 320, 240)
+    assert (info.width, info.binning_x, info.k[0], info.k[2]) == (320, 0, 200.0, camera.cx)
+
+
 def test_a_differently_scaled_aspect_ratio_is_noted():
     left, _ = camera_infos(400.0, 0.1, 1280, 720)
     assert ros_convert.anisotropic_scale(left, 640, 360) is None
