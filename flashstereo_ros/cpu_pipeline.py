@@ -14,7 +14,7 @@ import numpy as np
 
 from . import contract, gwc, images, resources
 from .base import StereoPipelineBase, check_count, check_input_size
-from .depth import DepthLimits, StereoCamera, StereoOutput, outputs_from_disparity
+from .depth import DepthLimits, StereoCamera, StereoOutput, check_request, outputs_from_disparity
 from .engines import load_engine_pair
 from .runners import HOST
 
@@ -64,6 +64,7 @@ class CpuStereoPipeline(StereoPipelineBase):
         left, right, enc_left, enc_right = images.check_pair(left, right, encoding, right_encoding)
         size = left.shape[:2]
         images.check_size(size, self.input_size, self.resize)
+        check_request(size, camera, want_depth, want_points, points_stride)  # before the engines run
         with self._lock:
             self._check_open()
             return self._frame(left, right, enc_left, enc_right, size, camera, limits, want_depth, want_points,

@@ -14,6 +14,7 @@ Conventions (as stereo_msgs/DisparityImage and stereo_image_proc):
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import numpy as np
 
@@ -124,16 +125,28 @@ def rgb_view(image: np.ndarray, encoding: str) -> np.ndarray:
     return np.repeat(image[..., :1], 3, axis=2) if channels == 1 else image[..., list(order)]
 
 
+def check_request(size, camera: StereoCamera | None, want_depth: bool, want_points: bool, points_stride) -> None:
+    """StereoInputError unless a frame of `size` (h, w) can give what it asks for (every pipeline checks
+    this before it runs the frame)."""
+    if camera is not None and not isinstance(camera, StereoCamera):
+        raise StereoInputError(f"camera must be a StereoCamera (StereoCamera.from_projections) or None, got "
+                               f"{type(camera).__name__}")
+    if camera is None and (want_depth or want_points):
+        raise StereoInputError("depth and points need the stereo camera (CameraInfo of both sides)")
+    if camera is not None and (camera.height, camera.width) != tuple(size):
+        raise StereoInputError(f"disparity {tuple(size)} does not match the camera's {camera.height}x{camera.width}")
+    if want_points and (isinstance(points_stride, bool) or not isinstance(points_stride, numbers.Integral)
+                        or points_stride < 1):
+        raise StereoInputError(f"points stride must be an integer >= 1, got {points_stride!r}")
+
+
 def outputs_from_disparity(raw: np.ndarray, left: np.ndarray, encoding: str, camera: StereoCamera | None,
                            limits: DepthLimits, want_depth: bool, want_points: bool,
                            points_stride: int) -> StereoOutput:
     """The host path of everything after the disparity: offset, depth, points."""
+    check_request(raw.shape, camera, want_depth, want_points, points_stride)
     if camera is None:
-        if want_depth or want_points:
-            raise StereoInputError("depth and points need the stereo camera (CameraInfo of both sides)")
         return StereoOutput(raw)
-    if raw.shape != (camera.height, camera.width):
-        raise StereoInputError(f"disparity {raw.shape} does not match the camera's {camera.height}x{camera.width}")
     disparity = raw - np.float32(camera.cx_offset) if camera.cx_offset else raw
     out = StereoOutput(disparity)
     if want_depth or want_points:

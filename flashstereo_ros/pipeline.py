@@ -38,7 +38,7 @@ import numpy as np
 
 from . import contract, cuda, images, kernels, resources
 from .base import StereoPipelineBase, check_input_size
-from .depth import DepthLimits, StereoCamera, StereoOutput
+from .depth import DepthLimits, StereoCamera, StereoOutput, check_request
 from .engines import load_engine_pair
 from .errors import ModelError, StereoInputError
 from .runners import DEVICE
@@ -220,16 +220,20 @@ class _CameraBuffers:
         self.points_stride = None
 
     def outputs_for(self, pipe: "FlashStereoPipeline", plan: FramePlan) -> None:
-        """Allocate depth/points buffers the first time a plan asks for them (or a new stride)."""
-        if (plan.want_depth or plan.want_points) and self.depth is None:
-            self.depth = pipe._device(self.size, np.float32)
+        """Allocate depth/points buffers the first time a plan asks for them (or a new stride). Each field
+        names a live buffer or None at every step, so a failed allocation leaves nothing freed in use."""
+        if (plan.want_depth or plan.want_points) and "depth" not in self.rings:
+            if self.depth is None:
+                self.depth = pipe._device(self.size, np.float32)
             self.rings["depth"] = _OutputRing(pipe, self.size, np.float32)
         if plan.want_points and self.points_stride != plan.points_stride:
             if self.points is not None:
                 pipe.stream.synchronize()  # a frame in flight may still download the old cloud
-            pipe._forget(self.points)
-            if "points" in self.rings:
-                self.rings["points"].release(pipe)
+            old, self.points, self.points_stride = self.points, None, None
+            pipe._forget(old)
+            ring = self.rings.pop("points", None)
+            if ring is not None:
+                ring.release(pipe)
             shape = kernels.points_shape(self.size, plan.points_stride) + (4,)
             self.points = pipe._device(shape, np.float32)
             self.rings["points"] = _OutputRing(pipe, shape, np.float32)
@@ -439,6 +443,7 @@ class FlashStereoPipeline(StereoPipelineBase):
             if graph is None and self.graph_mode is not None:
                 self._drop_graph()  # a new camera setup: this frame runs eagerly, then is captured
             slots = cam.acquire(self, plan)
+            self._timings_pending, self._timings = False, {}  # the events are this frame's from here on
             traffic = self._issue_inputs(cam, left, right)
             if graph is not None:
                 graph.launch(self.stream)
@@ -522,7 +527,11 @@ class FlashStereoPipeline(StereoPipelineBase):
             except Exception:
                 self._graph = None
             if hasattr(self, "engines"):
-                self.engines.close()
+                try:
+                    self.engines.close()
+                except Exception as exc:  # a dead context: release our own resources all the same
+                    warnings.warn(f"closing the engines failed: {type(exc).__name__}: {exc}", RuntimeWarning,
+                                  stacklevel=2)
             if getattr(self, "_camera", None) is not None:
                 self._camera.release_outputs(self)  # arrays the caller holds stay valid
             for buf in self._device_buffers + self._pinned_buffers:
@@ -575,18 +584,29 @@ class FlashStereoPipeline(StereoPipelineBase):
         cam = self._camera
         if plan is self._plan:
             return cam
+        self._plan = self._launches = None  # until `plan` is ready: a failure below leaves no stale shortcut
+        self._drop_graph()
         channels = tuple(images.ENCODINGS[e][0] for e in plan.encodings)
         if cam is None or cam.size != plan.size or cam.channels != channels:
-            self._drop_graph()
             if cam is not None:
                 self.stream.synchronize()
+                self._camera = None
                 cam.release(self)
-            cam = self._camera = _CameraBuffers(self, plan.size, plan.encodings)
-            self._plan = None
+            cam = self._camera = self._allocating(lambda: _CameraBuffers(self, plan.size, plan.encodings))
         cam.outputs_for(self, plan)
         self._launches = self._prepare(plan, cam)
         self._plan = plan
         return cam
+
+    def _allocating(self, build):
+        """build(), freeing what it allocated when it fails (out of memory at a new camera size)."""
+        marks = len(self._device_buffers), len(self._pinned_buffers)
+        try:
+            return build()
+        except Exception:
+            for buf in self._device_buffers[marks[0]:] + self._pinned_buffers[marks[1]:]:
+                self._forget(buf)
+            raise
 
     def _prepare(self, plan: FramePlan, cam: _CameraBuffers) -> _Launches:
         geo = self.geometry
@@ -796,12 +816,7 @@ class _TorchGraph:
 
 def make_plan(size, encodings, camera: StereoCamera | None, limits: DepthLimits, want_depth: bool,
               want_points: bool, points_stride: int) -> FramePlan:
-    """Validate a frame's options the way depth.outputs_from_disparity does, and freeze them."""
-    if camera is None and (want_depth or want_points):
-        raise StereoInputError("depth and points need the stereo camera (CameraInfo of both sides)")
-    if camera is not None and (camera.height, camera.width) != tuple(size):
-        raise StereoInputError(f"disparity {tuple(size)} does not match the camera's {camera.height}x{camera.width}")
-    if want_points and points_stride < 1:
-        raise StereoInputError(f"points stride must be >= 1, got {points_stride}")
+    """Validate a frame's options (as every pipeline does) and freeze them."""
+    check_request(size, camera, want_depth, want_points, points_stride)
     return FramePlan(tuple(size), tuple(encodings), camera, limits, bool(want_depth), bool(want_points),
                      int(points_stride) if want_points else 1)

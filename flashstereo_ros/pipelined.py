@@ -63,10 +63,17 @@ class PipelinedStereo:
 
     def map(self, pairs: Iterable[tuple[np.ndarray, np.ndarray]], **options) -> Iterator[StereoOutput]:
         """The outputs of `pairs`, in order, with up to `in_flight` frames issued ahead (options as for
-        process(), the same for every frame)."""
+        process(), the same for every frame). A pair that cannot be submitted (bad input) raises after the
+        outputs of the pairs before it; a frame that fails on the device raises in its place."""
         pending: collections.deque = collections.deque()
         for left, right in pairs:
-            pending.append(self.submit(left, right, **options))
+            try:
+                frame = self.submit(left, right, **options)
+            except Exception:
+                while pending:
+                    yield pending.popleft().result()
+                raise
+            pending.append(frame)
             if len(pending) >= self.in_flight:
                 yield pending.popleft().result()
         while pending:

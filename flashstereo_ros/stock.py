@@ -18,7 +18,7 @@ import numpy as np
 
 from . import contract, cuda, gwc, images, kernels, resources
 from .base import StereoPipelineBase, check_input_size
-from .depth import DepthLimits, StereoCamera, StereoOutput, outputs_from_disparity
+from .depth import DepthLimits, StereoCamera, StereoOutput, check_request, outputs_from_disparity
 from .engines import load_engine_pair
 from .pipeline import Traffic
 from .runners import DEVICE
@@ -112,6 +112,7 @@ class StockPipeline(StereoPipelineBase):
         left, right, enc_left, enc_right = images.check_pair(left, right, encoding, right_encoding)
         size = tuple(left.shape[:2])
         images.check_size(size, self.input_size, self.resize)
+        check_request(size, camera, want_depth, want_points, points_stride)  # before the engines run
         with self._lock:
             self._check_open()
             self._ctx.make_current()

@@ -4,7 +4,7 @@ import pytest
 
 from flashstereo_ros import CpuStereoPipeline, cuda, resources
 from flashstereo_ros.contract import ModelConfig
-from flashstereo_ros.errors import ModelError
+from flashstereo_ros.errors import ModelError, StereoInputError
 
 SMALL_MODELS = resources.bundled_models(".onnx", (64, 128))
 
@@ -64,3 +64,28 @@ def test_binary_onnx_yaml_beside_the_models_is_a_model_error(tmp_path):
     (tmp_path / "onnx.yaml").write_bytes(bytes(range(256)))
     with pytest.raises(ModelError, match="onnx.yaml"):
         CpuStereoPipeline(tmp_path / SMALL_MODELS[0].name, tmp_path / SMALL_MODELS[1].name)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"camera": "front"}, "camera must be a StereoCamera"),
+    ({"want_depth": True}, "need the stereo camera"),
+    ({"camera": "small", "want_points": True, "points_stride": 2.5}, "integer >= 1"),
+    ({"camera": "small", "want_points": True, "points_stride": 0}, "integer >= 1"),
+    ({"camera": "other size"}, "does not match the camera"),
+])
+def test_output_requests_are_checked_before_the_frame_runs(options, message):
+    from flashstereo_ros import synthetic
+    from flashstereo_ros.depth import StereoCamera
+
+    def camera(h, w):
+        fx = 0.8 * w
+        return StereoCamera.from_projections([fx, 0, w / 2, 0, 0, fx, h / 2, 0, 0, 0, 1, 0],
+                                             [fx, 0, w / 2, -fx * 0.1, 0, fx, h / 2, 0, 0, 0, 1, 0], w, h)
+
+    cameras = {"small": camera(64, 128), "other size": camera(48, 96)}
+    options = {k: cameras.get(v, v) if k == "camera" else v for k, v in options.items()}
+    scene = synthetic.make_scene("planes", 64, 128, seed=2)
+    pipe = CpuStereoPipeline(*resources.bundled_models(".onnx", (64, 128)))
+    with pytest.raises(StereoInputError, match=message):
+        pipe.process(scene.left, scene.right, **options)
+    assert pipe.infer(scene.left, scene.right).shape == (64, 128)

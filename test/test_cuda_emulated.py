@@ -852,3 +852,90 @@ def test_bench_throughput_with_frames_in_flight_runs_on_the_emulated_device(emul
     assert min(result["single_hz"], result["queued_hz"], result["pipelined_hz"]) > 0
     assert result["ratio"] == pytest.approx(result["pipelined_hz"] * result["latency_ms"] / 1e3)
     assert "frames in flight" in bench.format_extras({"pipelined": result})
+
+
+def out_of_memory_above(emulated, monkeypatch, nbytes) -> dict:
+    """cuMemAlloc fails for blocks larger than limit["bytes"] (None: never), as a device does for a frame too
+    large."""
+    real, limit = emulated.cuMemAlloc, {"bytes": nbytes}
+
+    def allocate(n):
+        if limit["bytes"] is not None and n > limit["bytes"]:
+            return (emulated.CUresult.CUDA_ERROR_OUT_OF_MEMORY, None)
+        return real(n)
+
+    monkeypatch.setattr(emulated, "cuMemAlloc", allocate)
+    return limit
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_a_camera_size_that_does_not_fit_leaves_the_last_size_working(emulated, monkeypatch, graph):
+    emulated.graph_capture = "cuda" if graph else None
+    s = scene(seed=1)
+    pipe, ref = flash(use_cuda_graph=graph), flash()
+    try:
+        expected = ref.infer(s.left, s.right).copy()
+        pipe.infer(s.left, s.right)
+        pipe.infer(s.left, s.right)
+        memory = pipe.memory_bytes()
+        out_of_memory_above(emulated, monkeypatch, 10_000_000)
+        huge = np.zeros((2000, 4000, 3), np.uint8)
+        for _ in range(3):
+            with pytest.raises(cuda.CudaError, match="OUT_OF_MEMORY|out of memory"):
+                pipe.infer(huge, huge)
+        assert pipe.memory_bytes()["host"] <= memory["host"]  # what the failed size allocated was freed
+        for _ in range(2):  # the eager frame that rebuilds the buffers, then (graph mode) a replay
+            assert np.array_equal(pipe.infer(s.left, s.right), expected)
+    finally:
+        pipe.close()
+        ref.close()
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_a_point_cloud_stride_that_does_not_fit_leaves_the_last_stride_working(emulated, monkeypatch, graph):
+    emulated.graph_capture = "cuda" if graph else None
+    s = scene(seed=3)
+    options = dict(camera=camera_for(SMALL), want_points=True, points_stride=1)
+    pipe = flash(use_cuda_graph=graph)
+    try:
+        expected = pipe.process(s.left, s.right, **options).points.copy()
+        pipe.process(s.left, s.right, **options)
+        limit = out_of_memory_above(emulated, monkeypatch, 0)  # the stride-2 cloud cannot be allocated
+        with pytest.raises(cuda.CudaError):
+            pipe.process(s.left, s.right, **{**options, "points_stride": 2})
+        limit["bytes"] = None
+        for _ in range(2):
+            assert np.array_equal(pipe.process(s.left, s.right, **options).points, expected, equal_nan=True)
+    finally:
+        pipe.close()
+
+
+def test_pipelined_map_hands_out_the_frames_before_a_bad_pair(emulated):
+    from flashstereo_ros.pipelined import PipelinedStereo
+
+    scenes = [scene(seed=30 + i) for i in range(4)]
+    ref = flash()
+    expected = [ref.infer(s.left, s.right).copy() for s in scenes]
+    ref.close()
+    pairs = [(s.left, s.right) for s in scenes] + [(scenes[0].left, scenes[0].right[:, :-4])]
+    emulated.deferred = True
+    outputs = []
+    with PipelinedStereo([flash(), flash()], in_flight=3) as group:
+        with pytest.raises(StereoInputError, match="one size"):
+            for out in group.map(pairs):
+                outputs.append(out.disparity.copy())
+    assert len(outputs) == len(scenes) and all(np.array_equal(a, b) for a, b in zip(outputs, expected))
+
+
+def test_close_releases_everything_even_when_an_engine_fails_to_close(emulated, monkeypatch):
+    pipe = flash()
+    s = scene()
+    pipe.infer(s.left, s.right)
+
+    def dead_context():
+        raise cuda.CudaError("cuCtxSynchronize failed: an illegal memory access was encountered")
+
+    monkeypatch.setattr(pipe.engines.feature, "close", dead_context)
+    with pytest.warns(RuntimeWarning, match="closing the engines failed"):
+        pipe.close()
+    assert pipe.memory_bytes() == {"device": 0, "host": 0}
