@@ -366,7 +366,7 @@ def format_extras(extras: dict) -> str:
         downloaded = f"{with_dp['d2h_bytes']:,} B downloaded" if with_dp["d2h_bytes"] is not None else "host path"
         lines.append(f"\ndepth + points ({d['pipeline']}, {d['size']}, stride 1, {d['frames']} frames): depth_points "
                      f"stage {with_dp['depth_points_ms']:.3f} ms; latency p50 {with_dp['latency_p50_ms']:.2f} ms vs "
-                     f"{alone['latency_p50_ms']:.2f} ms disparity alone (+{d['extra_ms']:.3f} ms); "
+                     f"{alone['latency_p50_ms']:.2f} ms disparity alone ({d['extra_ms']:+.3f} ms); "
                      f"{with_dp['published_bytes']:,} B published, {downloaded}")
     return "\n".join(lines)
 
