@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import os
 import sys
 import threading
 import time
@@ -90,6 +91,7 @@ class InputState:
     latest: Any = None  # the newest message (camera infos: used when stamps never match the images)
     publishers: int = 0
     subscribed_at: float = 0.0
+    publishers_since: float = 0.0  # when the first of the current publishers appeared
 
 
 def _as_declared(parameter: Parameter) -> Parameter:
@@ -238,6 +240,8 @@ class FlashStereoNode(Node):
             infos = self.get_publishers_info_by_topic(self._resolved(index))
             state.offered = [info.qos_profile.reliability for info in infos]
             state.offered_durability = [info.qos_profile.durability for info in infos]
+            if infos and not state.publishers:
+                state.publishers_since = time.monotonic()
             state.publishers = len(infos)
             reliability = ros_qos.choose_reliability(setting, state.offered)
             durability = (ros_qos.choose_durability(state.offered_durability) if index in INFO_INPUTS
@@ -513,7 +517,8 @@ class FlashStereoNode(Node):
         """Problems visible only over time: publishers but no data, data but no synchronized set."""
         for index, state in enumerate(self._inputs):
             last = state.arrivals.last()
-            quiet_s = now - max(last if last is not None else -np.inf, state.subscribed_at, self._started_at)
+            quiet_s = now - max(last if last is not None else -np.inf, state.subscribed_at, state.publishers_since,
+                                self._started_at)
             if quiet_s < NO_INPUT_WARN_S:
                 continue
             topic = self._resolved(index)
@@ -627,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry (flashstereo-node, stereo_node): one node, or one per --namespaces entry, one executor."""
     argv = list(sys.argv if argv is None else argv)
     parser = argparse.ArgumentParser(
-        prog="stereo_node", description="Stereo disparity, depth and points from rectified image pairs. "
+        prog=os.path.basename(argv[0]) if argv else "stereo_node", description="Stereo disparity, depth and points from rectified image pairs. "
         "ROS arguments go after --ros-args (e.g. -p feat_engine:=... -r left/image_rect:=/cam/left/image).")
     parser.add_argument("--name", default=DEFAULT_NODE_NAME, help="node name (default: %(default)s)")
     parser.add_argument("--namespaces", nargs="+", metavar="NS",

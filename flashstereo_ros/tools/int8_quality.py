@@ -142,7 +142,8 @@ def main(argv=None) -> int:
                 if overlap:
                     raise calibration.CalibrationDataError(
                         f"evaluation pairs {overlap} are also calibration pairs in {args.calib_dir}; "
-                        "measure on held-out pairs")
+                        "measure on held-out pairs (synthetic ones: flashstereo-download-calib --synthetic N "
+                        "with another --seed, e.g. 1000, or this tool's own --synthetic N)")
             print(f"evaluating at {size[1]}x{size[0]} on {source} (ONNX Runtime, CPU)")
             results = measure(models, pairs, args.threads)
     except (FlashStereoError, OSError) as exc:
