@@ -361,5 +361,10 @@ def check_post_samples(npz_dir: str | Path, expected: Mapping[str, TensorSpec]) 
 def iter_post_samples(paths: Iterable[Path]) -> Iterator[dict[str, np.ndarray]]:
     """Load the checked .npz files one at a time (never with pickle)."""
     for path in paths:
-        with np.load(path, allow_pickle=False) as archive:
-            yield {name: archive[name] for name in archive.files}
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                sample = {name: archive[name] for name in archive.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # damaged after the header check
+            raise CalibrationDataError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); generate it again "
+                                       "(flashstereo-gen-post-calib --force)") from exc
+        yield sample

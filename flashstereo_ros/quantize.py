@@ -49,6 +49,7 @@ DEFAULT_PERCENTILE = 99.999
 ENTROPY_BINS = 2048  # TensorRT's entropy calibrator histogram size
 ENTROPY_QUANTIZED_BINS = 128  # int8 symmetric: 128 levels on each side of zero
 FP16_MIN_OPSET = 19  # QuantizeLinear/DequantizeLinear accept float16 scales from opset 19
+QDQ_MIN_OPSET = 13  # per-channel (axis) Q/DQ
 CACHE_FORMAT = "flashstereo-int8-calibration"
 CACHE_VERSION = 1
 _ONNX_TO_NUMPY = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
@@ -126,6 +127,19 @@ def identify_stage(model: onnx.ModelProto, path: str | Path) -> str:
                      f"post_runner (inputs {list(contract.POST_INPUTS)}); it has inputs {inputs} and outputs {outputs}")
 
 
+def check_float_model(model: onnx.ModelProto, path: str | Path) -> None:
+    """ModelError unless `model` can be quantized here: float (no Q/DQ yet) at opset >= QDQ_MIN_OPSET."""
+    qdq = sum(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
+    if qdq:
+        raise ModelError(f"{path} already holds {qdq} QuantizeLinear/DequantizeLinear nodes: pass the float "
+                         "model it was made from")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < QDQ_MIN_OPSET:
+        raise ModelError(f"{path} is opset {opset}; per-channel Q/DQ needs opset {QDQ_MIN_OPSET} or newer: export "
+                         f"it again (torch.onnx.export(..., opset_version=17)) or convert it "
+                         "(onnx.version_converter.convert_version)")
+
+
 def expect_stage(path: str | Path, stage: str) -> tuple[onnx.ModelProto, dict[str, TensorSpec]]:
     """Load a model, check it is the given stage, and return it with its input specs."""
     model = load_model(path)
@@ -181,6 +195,9 @@ class CalibrationCache:
                              f"version {CACHE_VERSION}: calibrate again")
         try:
             ranges = {str(name): (float(lo), float(hi)) for name, (lo, hi) in payload["ranges"].items()}
+            bad = [name for name, (lo, hi) in ranges.items() if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi)]
+            if bad:
+                raise ValueError(f"ranges of {bad[:5]} are not finite (low < high)")
             return cls(stage=str(payload["stage"]), model_sha256=str(payload["model_sha256"]),
                        method=str(payload["method"]), percentile=payload.get("percentile"),
                        samples=int(payload["samples"]), op_types=tuple(payload["op_types"]), ranges=ranges)
@@ -243,6 +260,8 @@ def _check_sample(sample: Mapping[str, np.ndarray], inputs: Mapping[str, TensorS
         if value.shape != spec.shape or value.dtype != spec.dtype:
             raise ModelError(f"calibration sample {index}: '{name}' is {value.dtype} {value.shape}, "
                              f"the model takes {spec.dtype} {spec.shape}")
+        if not np.isfinite(value).all():
+            raise ModelError(f"calibration sample {index}: '{name}' holds NaN or inf")
         checked[name] = value
     return checked
 
@@ -325,7 +344,11 @@ def quantize_qdq(model_path: str | Path, out_path: str | Path, cache: Calibratio
         model = load_model_with_shape_infer(local)
         quantizer = QDQQuantizer(model, settings.per_channel, False, QuantType.QInt8, QuantType.QInt8, tensors,
                                  [], [], op_types, extra)  # the onnxruntime >= 1.18 signature
-        quantizer.quantize_model()
+        try:
+            quantizer.quantize_model()
+        except Exception as exc:  # ONNX Runtime's own errors, e.g. a range missing from a hand-edited cache
+            raise ModelError(f"quantizing {model_path.name} from the calibration cache failed ({type(exc).__name__}: "
+                             f"{exc}); calibrate again with --recalibrate") from exc
         quantized = quantizer.model.model
     topological_sort(quantized)  # the quantizer appends its Q/DQ nodes after their consumers
     _strip_quantizer_metadata(quantized)
@@ -528,7 +551,8 @@ def build_int8_stage(stage: str, model_path: str | Path, engine_out: str | Path,
     `samples` is a callable returning an iterable of input dicts; it is not called when a cache is reused.
     """
     model_path = Path(model_path)
-    expect_stage(model_path, stage)
+    model, _ = expect_stage(model_path, stage)
+    check_float_model(model, model_path)
     qdq_path, fp16_path, cache_path = output_paths(engine_out, onnx_out, calib_cache)
     if reuse_cache:
         cache = CalibrationCache.load(cache_path)
@@ -536,18 +560,32 @@ def build_int8_stage(stage: str, model_path: str | Path, engine_out: str | Path,
         if settings.op_types and tuple(settings.op_types) != cache.op_types:
             raise ModelError(f"the calibration cache quantizes {list(cache.op_types)}, not the requested "
                              f"{list(settings.op_types)}; calibrate again with --recalibrate")
+        wanted = (settings.method, settings.percentile if settings.method == "percentile" else None)
+        if (cache.method, cache.percentile) != wanted:
+            raise ModelError(f"the calibration cache was computed with {cache.method}"
+                             f"{f' {cache.percentile}' if cache.percentile is not None else ''}, not the requested "
+                             f"{wanted[0]}{f' {wanted[1]}' if wanted[1] is not None else ''}: give the cache's "
+                             "method (--calib-method, --percentile), or calibrate again with --recalibrate")
         log(f"using calibration cache {cache_path} ({cache.method}, {cache.samples} samples, "
             f"{len(cache.ranges)} tensors): calibration skipped")
-    else:
-        cache = calibrate(model_path, samples(), settings, log=log)
-        cache.save(cache_path)
-        log(f"wrote calibration cache {cache_path}")
-    quantize_qdq(model_path, qdq_path, cache, settings)
-    summary = verify_qdq(qdq_path, model_path)
-    log(f"wrote {qdq_path}: {summary.quantize_nodes} QuantizeLinear, {summary.dequantize_nodes} DequantizeLinear, "
-        f"{len(summary.per_channel_weights)} per-channel weights, onnx.checker passed")
-    to_float16(qdq_path, fp16_path)
-    verify_qdq(fp16_path, model_path)
+    outputs = (qdq_path, fp16_path, Path(engine_out))
+    for path in outputs:  # never leave the files of an earlier build beside those of a failed one
+        path.unlink(missing_ok=True)
+    try:
+        if not reuse_cache:
+            cache = calibrate(model_path, samples(), settings, log=log)
+            cache.save(cache_path)
+            log(f"wrote calibration cache {cache_path}")
+        quantize_qdq(model_path, qdq_path, cache, settings)
+        summary = verify_qdq(qdq_path, model_path)
+        log(f"wrote {qdq_path}: {summary.quantize_nodes} QuantizeLinear, {summary.dequantize_nodes} "
+            f"DequantizeLinear, {len(summary.per_channel_weights)} per-channel weights, onnx.checker passed")
+        to_float16(qdq_path, fp16_path)
+        verify_qdq(fp16_path, model_path)
+    except BaseException:
+        for path in outputs:
+            path.unlink(missing_ok=True)
+        raise
     log(f"wrote {fp16_path}: the same Q/DQ with float16 elsewhere (input of strongly typed TensorRT builds)")
     engine = None
     if not want_engine:

@@ -193,6 +193,56 @@ def test_calibration_cache_of_another_model_is_refused(recipe, tmp_path, capsys)
     assert "is not a flashstereo INT8 calibration cache" in capsys.readouterr().err
 
 
+def test_an_edited_or_mismatched_calibration_cache_is_refused(recipe, tmp_path, capsys):
+    engines = recipe / "engines"
+    payload = json.loads((engines / "feature_runner_int8.calib.json").read_text())
+    cases = []
+    for name, change in (("nan", lambda c: c["ranges"].__setitem__(next(iter(c["ranges"])), ["NaN", "NaN"])),
+                         ("zero", lambda c: c["ranges"].__setitem__(next(iter(c["ranges"])), [0, 0])),
+                         ("missing", lambda c: c["ranges"].pop("sum_1")),  # an input of a quantized op
+                         ("minmax", lambda c: c.update(method="minmax", percentile=None))):
+        edited = json.loads(json.dumps(payload))
+        change(edited)
+        (tmp_path / f"{name}.json").write_text(json.dumps(edited))
+        cases.append(name)
+    messages = {"nan": "not finite", "zero": "not finite", "missing": "calibrate again",
+                "minmax": "computed with minmax, not the requested percentile"}
+    for name in cases:
+        out = tmp_path / name / "feature_runner_int8.engine"
+        assert build_int8.main(["--onnx", str(FEAT), "--engine-out", str(out),
+                                "--calib-cache", str(tmp_path / f"{name}.json")]) == 2, name
+        assert messages[name] in capsys.readouterr().err, name
+        assert not out.with_suffix(".onnx").exists()  # nothing half-built is left
+
+
+def test_models_that_cannot_be_quantized_are_refused_before_calibrating(recipe, tmp_path, capsys):
+    quantized = recipe / "engines" / "feature_runner_int8.onnx"
+    assert build_int8.main(["--onnx", str(quantized), "--engine-out", str(tmp_path / "f.engine"),
+                            "--calib-dir", str(recipe / "pairs")]) == 2
+    assert "already holds" in capsys.readouterr().err and not (tmp_path / "f.calib.json").exists()
+    old = onnx.load(str(FEAT))
+    old.opset_import[0].version = 12
+    with pytest.raises(ModelError, match="opset 12; per-channel Q/DQ needs opset 13"):
+        quantize.check_float_model(old, "feature_runner.onnx")
+
+
+def test_damaged_or_non_finite_calibration_tensors_are_named(recipe, tmp_path, capsys):
+    source = sorted((recipe / "npz").glob("*.npz"))[0]
+    (tmp_path / "npz").mkdir()
+    damaged = bytearray(source.read_bytes())
+    middle = len(damaged) // 2
+    damaged[middle:middle + 100] = bytes(100)  # the zip headers stay intact: the data's CRC fails
+    (tmp_path / "npz" / source.name).write_bytes(bytes(damaged))
+    assert build_int8_post.main(["--onnx", str(POST), "--engine-out", str(tmp_path / "p.engine"),
+                                 "--npz-dir", str(tmp_path / "npz")]) == 2
+    assert f"{source.name}: cannot be read" in capsys.readouterr().err
+    with np.load(source, allow_pickle=False) as archive:
+        arrays = {name: archive[name].copy() for name in archive.files}
+    arrays["gwc_volume"].flat[0] = np.inf
+    with pytest.raises(ModelError, match="'gwc_volume' holds NaN or inf"):
+        quantize.calibrate(POST, [arrays], log=lambda m: None)
+
+
 # ----------------------------------------------------------------------- TensorRT, through a fake module
 
 def fake_tensorrt(parse_ok=True):
