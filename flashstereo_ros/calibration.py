@@ -213,12 +213,34 @@ def check_replaceable(out_dir: Path, manifest_name: str, force: bool) -> None:
 
 
 def _staging_folder(out_dir: Path) -> Path:
-    """An empty sibling of out_dir to write into before moving it into place (made with the user's umask)."""
-    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    if staging.exists():  # left by an interrupted run of this process id
-        shutil.rmtree(staging)
+    """An empty sibling of out_dir to write into before moving it into place (made with the user's umask);
+    the staging folders of runs that were killed (their process is gone) are removed first."""
+    prefix = f".{out_dir.name}.partial-"
+    if out_dir.parent.is_dir():
+        for left_over in out_dir.parent.glob(prefix + "*"):
+            pid = left_over.name[len(prefix):]
+            if left_over.is_dir() and pid.isdigit() and (int(pid) == os.getpid() or not _process_alive(int(pid))):
+                shutil.rmtree(left_over, ignore_errors=True)
+    staging = out_dir.parent / f"{prefix}{os.getpid()}"
     staging.mkdir(parents=True)
     return staging
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def spread(items: list, limit: int | None) -> list:
+    """At most `limit` of items, evenly spaced (the first N of a sorted set would be one scene kind)."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    return [items[int(i * len(items) / limit)] for i in range(limit)]
 
 
 def _replace_folder(staging: Path, out_dir: Path) -> None:

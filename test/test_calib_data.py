@@ -257,3 +257,24 @@ def test_scene_names_and_duplicates_are_checked(middlebury_server, tmp_path, cap
     assert download_calib_data.main(["--out-dir", str(tmp_path / "calib"), "--height", "64", "--width", "128",
                                      "--from-dir", str(local), "--n", "2"]) == 2
     assert "several pairs are named ['Piano']" in capsys.readouterr().err
+
+
+def test_max_samples_are_spread_over_the_set():
+    names = [f"synthetic_{kind}_{i:04d}" for i in range(3) for kind in ("mixed", "planes", "slanted")]
+    names.sort()
+    picked = calibration.spread(names, 3)
+    assert len({name.split("_")[1] for name in picked}) == 3  # all kinds, not the first three (one kind)
+    assert calibration.spread(names, None) == names and calibration.spread(names, 50) == names
+
+
+def test_staging_left_by_a_killed_run_is_removed(tmp_path):
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process id that no longer runs
+    stale = tmp_path / f".pairs.partial-{gone.pid}"
+    stale.mkdir()
+    (stale / "big.npz").write_bytes(b"\0" * 1024)
+    pairs = calibration.synthetic_pairs(1, (64, 128), 0)
+    calibration.write_pair_set(pairs, tmp_path / "pairs", "synthetic")
+    assert not stale.exists() and (tmp_path / "pairs").is_dir()

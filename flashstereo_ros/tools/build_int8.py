@@ -36,7 +36,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
     parser.add_argument("--op-types",
                         help="comma-separated ONNX op types to quantize (default "
                              f"{','.join(quantize.DEFAULT_OP_TYPES[stage])})")
-    parser.add_argument("--max-samples", type=at_least(1), help="use at most this many calibration samples")
+    parser.add_argument("--max-samples", type=at_least(1),
+                        help="use at most this many calibration samples, evenly spread over the set")
     parser.add_argument("--no-engine", action="store_true", help="stop after the ONNX files even with TensorRT")
     parser.add_argument("--workspace-mib", type=at_least(1), help="TensorRT builder workspace limit")
 
@@ -87,8 +88,7 @@ def run_build(args, stage: str, samples) -> int:
 
 def feature_samples(calib_dir: str | Path, size: tuple[int, int], limit: int | None = None):
     """feature_runner inputs, (1,3,H,W) float32 RGB 0..255, of each calibration pair."""
-    pairs = calibration.load_pairs(calib_dir, size, limit)
-    for pair in pairs:
+    for pair in calibration.spread(calibration.load_pairs(calib_dir, size), limit):
         yield {contract.LEFT: images.to_planar_rgb(pair.left, "rgb8", size),
                contract.RIGHT: images.to_planar_rgb(pair.right, "rgb8", size)}
 
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
             if not args.calib_dir:
                 raise calibration.CalibrationDataError("--calib-dir is required unless --calib-cache names an "
                                                        "existing calibration cache")
-            calibration.load_pairs(args.calib_dir, size, args.max_samples)  # fail before any work on bad data
+            calibration.load_pairs(args.calib_dir, size)  # fail before any work on bad data
     except FlashStereoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ def main(argv=None) -> int:
             if not args.npz_dir:
                 raise calibration.CalibrationDataError("--npz-dir is required unless --calib-cache names an "
                                                        "existing calibration cache")
-            paths = calibration.check_post_samples(args.npz_dir, inputs)[:args.max_samples]
+            paths = calibration.spread(calibration.check_post_samples(args.npz_dir, inputs), args.max_samples)
     except FlashStereoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=DEVICES, default="cpu",
                         help="pipeline device (default cpu; cuda downloads the GPU pipeline's post inputs)")
     parser.add_argument("--backend", choices=("tensorrt", "onnxruntime", "torch"))
-    parser.add_argument("--max-pairs", type=at_least(1), help="use at most this many pairs")
+    parser.add_argument("--max-pairs", type=at_least(1), help="use at most this many pairs, evenly spread over the set")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
     require_writable(parser, "--out-dir", args.out_dir, make_parents=True)
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         if post.suffix == ".onnx":
             quantize.expect_stage(post, quantize.POST_STAGE)
         pipe = create_pipeline(feat, post, device=args.device, backend=args.backend, resize=False)
-        pairs = calibration.load_pairs(args.calib_dir, pipe.input_size, args.max_pairs)
+        pairs = calibration.spread(calibration.load_pairs(args.calib_dir, pipe.input_size), args.max_pairs)
         source = {"feat_engine": str(feat.resolve()), "post_engine": str(post.resolve()),
                   "calib_dir": str(Path(args.calib_dir).resolve()), "pipeline": type(pipe).__name__}
         paths = calibration.write_post_samples(post_samples(pipe, pairs), args.out_dir, source, force=args.force)
