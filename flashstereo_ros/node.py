@@ -39,7 +39,8 @@ from .diagnostics import (ERROR, LEVEL_NAMES, WARN, ProblemBoard, RateMeter, Rol
 from .errors import FlashStereoError, StereoInputError
 from .node_params import (FRAME_SETTINGS, PARAMETERS, FrameSettings, as_declared_type, check_frame_settings,
                           check_value, descriptor)
-from .sync import NANOSECONDS, NewestSlot, make_synchronizer, message_filters_available, stamp_ns, stamps_spread_s
+from .sync import (NANOSECONDS, CameraInfoMatching, NewestSlot, make_synchronizer, message_filters_available,
+                   stamp_ns, stamp_text, stamps_spread_s)
 
 try:  # the typed per-frame timing message, when the companion interfaces package is built (docs/ROS.md)
     from flashstereo_interfaces.msg import StageTiming
@@ -63,12 +64,10 @@ LOG_THROTTLE_S = 5.0  # the same problem is logged at most this often
 PROBLEM_HOLD_S = 5.0  # a problem stays in the diagnostics this long after it was last seen
 DISPARITY_DELTA_D = 1.0 / 16.0  # sub-pixel step, as stereo_image_proc; the network's output is float32
 CLOCK_MISMATCH_S = 3600.0  # stamps this far from the node clock come from another clock: no latency
+FUTURE_STAMP_S = 1.0  # stamps this far ahead of the node clock: not the same clock either
 WORKER_POLL_S = 0.2
 # image pairs in a row that found no CameraInfo with their stamps before the newest CameraInfo is used
 # instead (latched/static calibration, or infos stamped differently from the images)
-NEWEST_INFO_AFTER_PAIRS = 3  # image pairs in a row without their CameraInfos, and ...
-NEWEST_INFO_AFTER_S = 1.0  # ... no full set for this long: use the newest CameraInfos (a busy executor may
-# take a few images before their infos; a latched calibration never comes with the images' stamps)
 RECENT_PAIRS = 16  # left images remembered so a pair handed over by both paths is processed once
 TIME_JUMP_S = 1.0  # a stamp this much older than its topic's last one: the clock jumped back (sim reset, bag)
 
@@ -173,10 +172,8 @@ class FlashStereoNode(Node):
                                              self._param("sync_slop_s"))
         self._sync_backend = "message_filters" if message_filters_available() else "built-in"
         self._handoff_lock = threading.Lock()
-        self._pairs_without_info = 0
-        self._last_full_set = time.monotonic()
+        self._info_mode = CameraInfoMatching()
         self._newest_info_pairs = 0
-        self._using_newest_info = False
         self._newest_info_used = RateMeter()
         self._recent_lefts: collections.deque = collections.deque(maxlen=RECENT_PAIRS)
         self._last_left_stamp: int | None = None
@@ -280,31 +277,27 @@ class FlashStereoNode(Node):
                       "before it", per_key=True)
 
     def _on_synchronized(self, left, left_info, right, right_info) -> None:
-        self._synchronized.tick(time.monotonic())
-        with self._handoff_lock:
-            self._pairs_without_info, self._last_full_set = 0, time.monotonic()
-            switched, self._using_newest_info = self._using_newest_info, False
+        now = time.monotonic()
+        self._synchronized.tick(now)
+        _, switched = self._info_mode.full_set(left, now)
         if switched:
             self.get_logger().info("CameraInfos come with the images' stamps again: matching them by stamp")
-        self._hand_over((left, left_info, right, right_info))
+        self._hand_over((left, left_info, right, right_info))  # in either mode (a pair is processed once)
 
     def _on_image_pair(self, left, right) -> None:
-        """An image pair; used with the newest CameraInfos only once pairs keep coming without matching infos."""
-        with self._handoff_lock:
-            self._pairs_without_info += 1
-            if (self._pairs_without_info < NEWEST_INFO_AFTER_PAIRS
-                    or time.monotonic() - self._last_full_set < NEWEST_INFO_AFTER_S):
-                return
+        """An image pair; used with the newest CameraInfos while most pairs get no infos of their stamps."""
+        newest, switched = self._info_mode.image_pair(left, time.monotonic())
+        if not newest:
+            return
         left_info, right_info = self._inputs[LEFT_INFO].latest, self._inputs[RIGHT_INFO].latest
         if left_info is None or right_info is None:
             return  # never had one: the diagnostics say which is missing
-        with self._handoff_lock:
-            entering, self._using_newest_info = not self._using_newest_info, True
-        if entering:
+        if switched:
             self.get_logger().info(
-                f"CameraInfos do not come with the images' stamps (latched calibration, or stamped differently): "
-                f"using the newest CameraInfo of each side (stamps {stamp_ns(left_info) / NANOSECONDS:.6f}, "
-                f"{stamp_ns(right_info) / NANOSECONDS:.6f}; image {stamp_ns(left) / NANOSECONDS:.6f})")
+                f"CameraInfos do not come with the images' stamps (latched or static calibration, stamped "
+                f"differently, or slower than the images): using the newest CameraInfo of each side (stamps "
+                f"{stamp_text(stamp_ns(left_info))}, {stamp_text(stamp_ns(right_info))}; image "
+                f"{stamp_text(stamp_ns(left))})")
         self._newest_info_pairs += 1
         self._newest_info_used.tick(time.monotonic())
         self._hand_over((left, left_info, right, right_info))
@@ -320,7 +313,7 @@ class FlashStereoNode(Node):
             repeated, self._last_left_stamp = stamp == self._last_left_stamp, stamp
         if repeated:
             self._problem("stamps", WARN, f"consecutive left images carry the same stamp "
-                                          f"({stamp / NANOSECONDS:.9f} s): each pair is processed, but outputs "
+                                          f"({stamp_text(stamp)} s): each pair is processed, but outputs "
                                           "cannot be told apart by time (is the camera driver stamping images?)")
         self._slot.put(pair, stamp)
 
@@ -487,10 +480,14 @@ class FlashStereoNode(Node):
         self._publish_timing(header, stages, latency_ms)
 
     def _latency_ms(self, left_msg) -> float | None:
-        latency_s = (self.get_clock().now().nanoseconds - stamp_ns(left_msg)) / NANOSECONDS
-        if abs(latency_s) > CLOCK_MISMATCH_S:
-            self._problem("clock", WARN, f"image stamps are {latency_s:.0f} s from this node's clock (camera clock "
-                                         "not synchronised, or use_sim_time with a bag?): latency not measured",
+        now = self.get_clock().now().nanoseconds
+        if now == 0:  # use_sim_time and no /clock yet
+            return None
+        latency_s = (now - stamp_ns(left_msg)) / NANOSECONDS
+        if latency_s > CLOCK_MISMATCH_S or latency_s < -FUTURE_STAMP_S:
+            where = "behind" if latency_s > 0 else "ahead of"
+            self._problem("clock", WARN, f"image stamps are {abs(latency_s):.1f} s {where} this node's clock (camera "
+                                         "clock not synchronised, or use_sim_time with a bag?): latency not measured",
                           per_key=True)
             return None
         return latency_s * 1e3
@@ -550,7 +547,7 @@ class FlashStereoNode(Node):
                                         f"must be stamped {rule}", per_key=True)
 
     def _info_matching(self) -> str:
-        if not self._using_newest_info:
+        if not self._info_mode.newest:
             return "matched by stamp"
         return f"newest of each side, their stamps do not match the images' ({self._newest_info_pairs} pairs)"
 
@@ -642,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:  # rcl's own argument parser: a missing or malformed --params-file, a bad remap
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if options.namespaces and any(arg.startswith("__ns:=") for arg in argv):
+    if options.namespaces and any("__ns:=" in arg for arg in argv):  # also node-specific: name:__ns:=...
         parser.error("--namespaces names each node's namespace: drop the -r __ns:=... remap (it would put every "
                      "node in the same namespace under the same name)")
     rclpy.init(args=argv)

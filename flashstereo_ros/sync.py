@@ -13,6 +13,7 @@ Nothing is ever emitted out of thin air: a missing input simply leaves the other
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import threading
 from typing import Any, Callable, Sequence
@@ -24,6 +25,12 @@ def stamp_ns(msg: Any) -> int:
     """A message's header stamp in integer nanoseconds."""
     stamp = msg.header.stamp
     return int(stamp.sec) * NANOSECONDS + int(stamp.nanosec)
+
+
+def stamp_text(stamp: int) -> str:
+    """Integer nanoseconds as seconds with all nine digits (a float would round the last ones)."""
+    seconds, nanoseconds = divmod(stamp, NANOSECONDS)
+    return f"{seconds}.{nanoseconds:09d}"
 
 
 class StampSynchronizer:
@@ -199,6 +206,55 @@ class NewestSlot:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+class CameraInfoMatching:
+    """Whether image pairs wait for the CameraInfos of their own stamps or take the newest ones, decided from
+    what became of the recent pairs (messages are compared by identity: the synchronizers pass them on).
+
+    A pair is matched when a complete set (images + both infos of their stamps) came for it. Once at least
+    `min_pairs` pairs are `settle_s` old, fewer than `enter_below` of them matched means the infos do not come
+    with the images (latched or static calibration, stamped differently, or slower than the images): use the
+    newest; `leave_at` or more matched means they do again. A busy executor that takes a few images before
+    their infos, or a static calibration matching a pair by chance, does not flip the mode.
+    """
+
+    def __init__(self, window: int = 30, settle_s: float = 0.5, enter_below: float = 0.5, leave_at: float = 0.9,
+                 min_pairs: int = 3):
+        self.window, self.settle_s, self.min_pairs = window, settle_s, min_pairs
+        self.enter_below, self.leave_at = enter_below, leave_at
+        self.pairs: collections.deque = collections.deque(maxlen=window)  # [arrival s, left message, matched]
+        self.completed: collections.deque = collections.deque(maxlen=window)  # lefts of sets before their pair
+        self.newest = False
+        self.lock = threading.Lock()
+
+    def image_pair(self, left: Any, now: float) -> tuple[bool, bool]:
+        """Record an image pair; (use the newest infos for it, the mode changed)."""
+        with self.lock:
+            matched = any(seen is left for seen in self.completed)
+            self.pairs.append([now, left, matched])
+            return self._update(now)
+
+    def full_set(self, left: Any, now: float) -> tuple[bool, bool]:
+        """Record a complete set; (newest mode, the mode changed)."""
+        with self.lock:
+            entry = next((e for e in self.pairs if e[1] is left), None)
+            if entry is not None:
+                entry[2] = True
+            else:
+                self.completed.append(left)
+            return self._update(now)
+
+    def _update(self, now: float) -> tuple[bool, bool]:
+        settled = [matched for arrival, _, matched in self.pairs if now - arrival >= self.settle_s]
+        before = self.newest
+        if len(settled) >= self.min_pairs:
+            ratio = sum(settled) / len(settled)
+            if self.newest and ratio >= self.leave_at:
+                self.newest = False
+            elif not self.newest and ratio < self.enter_below:
+                self.newest = True
+        return self.newest, self.newest != before
 
 
 def stamps_spread_s(stamps: Sequence[int | None]) -> float | None:

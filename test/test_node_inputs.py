@@ -15,7 +15,6 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
 from flashstereo_ros import resources, synthetic  # noqa: E402
 from flashstereo_ros.diagnostics import WARN, status_level  # noqa: E402
-from flashstereo_ros.node import NEWEST_INFO_AFTER_PAIRS  # noqa: E402
 from flashstereo_ros.ros_testing import (NodeProcess, StereoClient, camera_infos, disparity_array, encode,  # noqa: E402
                                          image_msg, init_context, node_command, now_ns, ros_env, spin_until)
 
@@ -263,7 +262,7 @@ def test_camera_infos_a_few_frames_late_are_still_matched_by_stamp(rig):
     rig.good_pair_is_processed()  # the node has had CameraInfos before
     lines = rig.log_lines()
     left, right = rig.pair()
-    stamps = [now_ns(rig.ros) + k * 33_333_333 for k in range(NEWEST_INFO_AFTER_PAIRS + 1)]
+    stamps = [now_ns(rig.ros) + k * 33_333_333 for k in range(4)]
     for stamp in stamps:
         rig.client.publish(0, left, stamp)
         rig.client.publish(2, right, stamp)

@@ -12,8 +12,9 @@ pytest.importorskip("rclpy")
 
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
-from flashstereo_ros.sync import (NANOSECONDS, MessageFiltersSynchronizer, NewestSlot, StampSynchronizer,  # noqa: E402
-                                  make_synchronizer, message_filters_available, stamps_spread_s)
+from flashstereo_ros.sync import (NANOSECONDS, CameraInfoMatching, MessageFiltersSynchronizer,  # noqa: E402
+                                  NewestSlot, StampSynchronizer, make_synchronizer, message_filters_available,
+                                  stamp_text, stamps_spread_s)
 
 BACKENDS = [StampSynchronizer, pytest.param(MessageFiltersSynchronizer, marks=pytest.mark.skipif(
     not message_filters_available(), reason="message_filters is not installed (no ROS 2 install here)"))]
@@ -199,3 +200,50 @@ def test_newest_slot_wakes_the_consumer_and_closes():
     slot.close()
     waiter.join(2.0)
     assert not waiter.is_alive() and got[-1] is None
+
+
+def run_camera(matching, pairs, matched, info_first=False, start_s=0.0, period_s=1 / 30):
+    """Feed `pairs` image pairs at 30 Hz; pair k gets its complete set when matched(k) (the infos before or
+    after its images). Returns the per-pair decisions (True: newest infos) and the mode changes."""
+    decisions, changes = [], 0
+    for k in range(pairs):
+        now, left = start_s + k * period_s, object()
+        if matched(k) and info_first:
+            changes += matching.full_set(left, now)[1]
+        newest, changed = matching.image_pair(left, now)
+        decisions.append(newest)
+        changes += changed
+        if matched(k) and not info_first:
+            changes += matching.full_set(left, now + 0.01)[1]
+    return decisions, changes
+
+
+def test_infos_with_every_pair_are_matched_by_stamp_even_when_they_lag():
+    for info_first in (False, True):
+        decisions, changes = run_camera(CameraInfoMatching(), 300, lambda k: True, info_first)
+        assert not any(decisions) and changes == 0
+
+
+def test_a_latched_or_slow_calibration_switches_to_the_newest_infos_once():
+    for matched in (lambda k: False, lambda k: k % 15 == 0):  # none, or infos at 2 Hz beside 30 Hz images
+        decisions, changes = run_camera(CameraInfoMatching(), 300, matched)
+        assert changes == 1 and all(decisions[30:])  # within a second, and for good
+
+
+def test_a_static_calibration_matching_by_chance_does_not_flip_the_mode():
+    matching = CameraInfoMatching()
+    run_camera(matching, 60, lambda k: False)
+    assert matching.newest
+    decisions, changes = run_camera(matching, 300, lambda k: k % 31 == 7, start_s=2.0)  # 1 Hz info stamped now()
+    assert changes == 0 and all(decisions)
+
+
+def test_the_newest_mode_ends_when_infos_come_with_every_pair_again():
+    matching = CameraInfoMatching()
+    run_camera(matching, 60, lambda k: False)
+    decisions, changes = run_camera(matching, 120, lambda k: True, start_s=2.0)
+    assert changes == 1 and not any(decisions[-30:])
+
+
+def test_stamp_text_keeps_every_digit():
+    assert stamp_text(1_700_000_000_068_103_919) == "1700000000.068103919"
