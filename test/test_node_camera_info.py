@@ -14,6 +14,7 @@ from sensor_msgs.msg import CameraInfo  # noqa: E402
 
 from flashstereo_ros import resources, synthetic  # noqa: E402
 from flashstereo_ros.diagnostics import WARN, status_level  # noqa: E402
+from flashstereo_ros.node import PROBLEM_HOLD_S  # noqa: E402
 from flashstereo_ros.ros_testing import (NodeProcess, StereoClient, camera_infos, image_msg, init_context,  # noqa: E402
                                          node_command, now_ns, ros_env, spin_until)
 
@@ -77,7 +78,9 @@ def test_a_calibration_latched_before_the_node_starts_is_used(ros, tmp_path):
         z = np.frombuffer(depth.data, np.float32).reshape(H, W)
         truth = SCENE.depth[SCENE.valid]
         assert np.median(np.abs(z[SCENE.valid] - truth) / truth) < 0.05
-        stream_images(node, executor, client, lambda: False, 4.0)  # long enough for a silence warning
+        # long enough for a silence warning, and for the start-up ones ("no publisher" before this client
+        # existed, held PROBLEM_HOLD_S) to expire
+        stream_images(node, executor, client, lambda: False, PROBLEM_HOLD_S + 2.0)
         statuses = [s for s in client.statuses("/latched/")]
         values = dict((kv.key, kv.value) for kv in statuses[-1].values)
         assert "newest of each side" in values["camera infos"]
