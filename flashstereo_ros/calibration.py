@@ -46,6 +46,7 @@ LEFT_FILE, RIGHT_FILE = "im0.png", "im1.png"
 MANIFEST_FILE = "calib_pairs.json"
 MANIFEST_FORMAT = "flashstereo-calib-pairs"
 POST_MANIFEST_FILE = "post_calib.json"
+POST_MANIFEST_FORMAT = "flashstereo-post-calib"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_IMAGE_BYTES = 128 << 20  # a full-size Middlebury 2014 PNG is ~10-20 MB
 SYNTHETIC_KINDS = synthetic.SCENES
@@ -210,6 +211,28 @@ def check_replaceable(out_dir: Path, manifest_name: str, force: bool) -> None:
     if not (out_dir / manifest_name).is_file():
         raise CalibrationDataError(f"{out_dir} is not empty and has no {manifest_name}: it was not written by "
                                    "this tool, so it is not deleted even with --force; choose another folder")
+    written = _manifest_files(out_dir / manifest_name)
+    if written is None:
+        raise CalibrationDataError(f"{out_dir / manifest_name} is not a manifest this tool wrote: {out_dir} is not "
+                                   "deleted even with --force; choose another folder")
+    others = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*")
+                    if p.is_file() and str(p.relative_to(out_dir)) not in written | {manifest_name})
+    if others:
+        raise CalibrationDataError(f"{out_dir} also holds files this tool did not write ({', '.join(others[:5])}"
+                                   f"{', ...' if len(others) > 5 else ''}): move them, or choose another folder")
+
+
+def _manifest_files(manifest: Path) -> set[str] | None:
+    """The files (relative paths) a manifest says its tool wrote; None when it is not such a manifest."""
+    try:
+        data = json.loads(manifest.read_text())
+        if data.get("format") == MANIFEST_FORMAT:
+            return {str(name) for name in data["sha256"]}
+        if data.get("format") == POST_MANIFEST_FORMAT:
+            return {f"{name}.npz" for name in data["samples"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None
 
 
 def _staging_folder(out_dir: Path) -> Path:
@@ -325,7 +348,7 @@ def write_post_samples(samples: Iterable[tuple[str, Mapping[str, np.ndarray]]], 
             names.append(name)
         if not names:
             raise CalibrationDataError("no post calibration samples were produced")
-        manifest = {"format": "flashstereo-post-calib", "version": 1, "samples": names, **dict(source)}
+        manifest = {"format": POST_MANIFEST_FORMAT, "version": 1, "samples": names, **dict(source)}
         (staging / POST_MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
         _replace_folder(staging, out_dir)
     except BaseException:

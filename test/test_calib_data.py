@@ -278,3 +278,20 @@ def test_staging_left_by_a_killed_run_is_removed(tmp_path):
     pairs = calibration.synthetic_pairs(1, (64, 128), 0)
     calibration.write_pair_set(pairs, tmp_path / "pairs", "synthetic")
     assert not stale.exists() and (tmp_path / "pairs").is_dir()
+
+
+def test_force_never_deletes_files_the_tool_did_not_write(tmp_path):
+    out = tmp_path / "pairs"
+    pairs = calibration.synthetic_pairs(2, (64, 128), 0)
+    calibration.write_pair_set(pairs, out, "synthetic")
+    (out / "MYNOTES.txt").write_text("mine")
+    with pytest.raises(calibration.CalibrationDataError, match="MYNOTES.txt"):
+        calibration.write_pair_set(pairs, out, "synthetic", force=True)
+    assert (out / "MYNOTES.txt").read_text() == "mine"
+    (out / "MYNOTES.txt").unlink()
+    (out / calibration.MANIFEST_FILE).write_text("{broken")
+    with pytest.raises(calibration.CalibrationDataError, match="not a manifest this tool wrote"):
+        calibration.write_pair_set(pairs, out, "synthetic", force=True)
+    (out / calibration.MANIFEST_FILE).unlink()
+    calibration.write_pair_set(pairs, tmp_path / "again", "synthetic")
+    calibration.write_pair_set(pairs, tmp_path / "again", "synthetic", force=True)  # its own files: replaced
