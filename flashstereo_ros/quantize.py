@@ -146,7 +146,8 @@ def expect_stage(path: str | Path, stage: str) -> tuple[onnx.ModelProto, dict[st
     found = identify_stage(model, path)
     if found != stage:
         tool = "flashstereo-build-int8" if found == FEATURE_STAGE else "flashstereo-build-int8-post"
-        raise ModelError(f"{path} is a {found}, not a {stage}; quantize it with {tool}")
+        raise ModelError(f"{path} is a {found}, not a {stage} (arguments swapped? a {found} is quantized with "
+                         f"{tool})")
     inputs, _ = model_io(model, path)
     return model, inputs
 

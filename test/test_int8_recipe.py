@@ -178,8 +178,8 @@ def test_onnx_that_is_not_a_stereo_stage(tmp_path, capsys):
 def test_the_other_stage_is_refused_with_the_right_tool_named(tmp_path, capsys):
     assert build_int8.main(["--onnx", str(POST), "--engine-out", str(tmp_path / "f.engine"),
                             "--calib-dir", str(tmp_path)]) == 2
-    assert "is a post_runner, not a feature_runner; quantize it with flashstereo-build-int8-post" \
-        in capsys.readouterr().err
+    assert "is a post_runner, not a feature_runner (arguments swapped? a post_runner is quantized with " \
+           "flashstereo-build-int8-post)" in capsys.readouterr().err
 
 
 def test_calibration_cache_of_another_model_is_refused(recipe, tmp_path, capsys):
