@@ -65,7 +65,8 @@ def check_size(camera: tuple[int, int], engine: tuple[int, int], resize: bool) -
     """Raise when the camera size differs from the engine size and resizing is off."""
     if camera != engine and not resize:
         raise StereoInputError(f"image size {camera[1]}x{camera[0]} differs from the engine's {engine[1]}x{engine[0]} "
-                               "and resizing is disabled (resize=False, --no-resize): allow resizing or build engines for this size")
+                               "and resizing is disabled (resize=False, --no-resize): allow resizing or build "
+                               "engines for this size")
     if camera[0] < 2 or camera[1] < 2:
         raise StereoInputError(f"image size {camera[1]}x{camera[0]} is too small")
 

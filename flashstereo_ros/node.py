@@ -66,8 +66,6 @@ DISPARITY_DELTA_D = 1.0 / 16.0  # sub-pixel step, as stereo_image_proc; the netw
 CLOCK_MISMATCH_S = 3600.0  # stamps this far from the node clock come from another clock: no latency
 FUTURE_STAMP_S = 1.0  # stamps this far ahead of the node clock: not the same clock either
 WORKER_POLL_S = 0.2
-# image pairs in a row that found no CameraInfo with their stamps before the newest CameraInfo is used
-# instead (latched/static calibration, or infos stamped differently from the images)
 RECENT_PAIRS = 16  # left images remembered so a pair handed over by both paths is processed once
 TIME_JUMP_S = 1.0  # a stamp this much older than its topic's last one: the clock jumped back (sim reset, bag)
 
@@ -260,7 +258,7 @@ class FlashStereoNode(Node):
                 self._time_jumped(index, stamp, state.last_stamp)
             state.last_stamp = stamp
             state.latest = msg
-            self._sync.add(index, msg)  # first: a complete set resets the count of pairs without infos
+            self._sync.add(index, msg)
             if index in IMAGE_INPUTS:
                 self._image_sync.add(IMAGE_INPUTS.index(index), msg)
         except Exception as exc:  # a malformed message must not take the executor down
@@ -629,7 +627,8 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry (flashstereo-node, stereo_node): one node, or one per --namespaces entry, one executor."""
     argv = list(sys.argv if argv is None else argv)
     parser = argparse.ArgumentParser(
-        prog=os.path.basename(argv[0]) if argv else "stereo_node", description="Stereo disparity, depth and points from rectified image pairs. "
+        prog=os.path.basename(argv[0]) if argv else "stereo_node",
+        description="Stereo disparity, depth and points from rectified image pairs. "
         "ROS arguments go after --ros-args (e.g. -p feat_engine:=... -r left/image_rect:=/cam/left/image).")
     parser.add_argument("--name", default=DEFAULT_NODE_NAME, help="node name (default: %(default)s)")
     parser.add_argument("--namespaces", nargs="+", metavar="NS",

@@ -40,7 +40,7 @@ from . import contract, cuda, images, kernels, resources
 from .base import StereoPipelineBase, check_input_size
 from .depth import DepthLimits, StereoCamera, StereoOutput, check_request
 from .engines import load_engine_pair
-from .errors import ModelError, StereoInputError
+from .errors import ModelError
 from .runners import DEVICE
 
 STAGES = ("h2d", "preprocess", "feature", "norm", "gwc", "post", "postprocess", "depth_points", "d2h")
@@ -439,9 +439,8 @@ class FlashStereoPipeline(StereoPipelineBase):
                 plan = self._plan_for(key)
                 cam = self._camera_for(plan)
                 self._plan_key = key
+            # no graph for this plan (_camera_for dropped the last one): this frame runs eagerly, then is captured
             graph = self._graph if self._graph_plan is plan else None
-            if graph is None and self.graph_mode is not None:
-                self._drop_graph()  # a new camera setup: this frame runs eagerly, then is captured
             slots = cam.acquire(self, plan)
             self._timings_pending, self._timings = False, {}  # the events are this frame's from here on
             traffic = self._issue_inputs(cam, left, right)

@@ -221,7 +221,7 @@ class CameraInfoMatching:
 
     def __init__(self, window: int = 30, settle_s: float = 0.5, enter_below: float = 0.5, leave_at: float = 0.9,
                  min_pairs: int = 3):
-        self.window, self.settle_s, self.min_pairs = window, settle_s, min_pairs
+        self.settle_s, self.min_pairs = settle_s, min_pairs
         self.enter_below, self.leave_at = enter_below, leave_at
         self.pairs: collections.deque = collections.deque(maxlen=window)  # [arrival s, left message, matched]
         self.completed: collections.deque = collections.deque(maxlen=window)  # lefts of sets before their pair
