@@ -26,7 +26,7 @@ from .contract import NORM_EPS
 from .cuda import check
 from .errors import BackendUnavailableError, CudaError, ModelError
 
-SOURCES = ("preprocess.cu", "group_norm.cu", "gwc.cu", "glue.cu", "depth_points.cu")
+SOURCES = ("preprocess.cu", "group_norm.cu", "gwc.cu", "gwc_tensor.cu", "glue.cu", "depth_points.cu")
 HEADERS = ("fs_common.cuh",)
 CACHE_ENV = "FLASHSTEREO_KERNEL_CACHE"
 COMPILE_OPTIONS = ("--std=c++17", "--fmad=false")  # no contraction: the bit-identity rule
@@ -46,7 +46,8 @@ _CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "u64": ctypes.c_uint64
 GWC_XT, GWC_KT = 8, 16  # columns and disparities per thread (gwc.cu's register block)
 GWC_BLOCKS_PER_SM = None  # blocks per multiprocessor of the persistent GWC kernel (None: as many as fit)
 GWC_FETCH_CHUNKS = 4  # copy groups (channel ranges) per item of the pipelined GWC kernel: docs/GPU.md
-GWC_KERNEL_ENV = "FLASHSTEREO_GWC_KERNEL"  # "pipelined" (default) or "tiled": which gwc.cu variant to build
+GWC_TENSOR_TILE = 80  # the tensor kernel's widest default tile: 6 blocks of 5 warps fit an SM (docs/GPU.md)
+GWC_KERNEL_ENV = "FLASHSTEREO_GWC_KERNEL"  # "tensor", "pipelined" or "tiled": GwcKernel's variant
 STATIC_SHARED_LIMIT = 48 * 1024
 BLOCK_2D = (32, 8, 1)
 BLOCK_1D = (256, 1, 1)
@@ -371,76 +372,106 @@ class GroupNormKernel:
 
 
 class GwcKernel:
-    """The group-wise correlation volume from normalised half features (kernels/gwc.cu).
+    """The group-wise correlation volume from normalised half features.
 
-    The module is built per tile width: `prepare` picks the widest tile (a multiple of 8 columns) whose
-    shared-memory tiles fit the static limit, then splits the row into equal tiles, so a 480x640 frame's
-    160-column rows are one tile each and no right column is loaded twice. The default, pipelined variant
-    runs a persistent grid of as many blocks per multiprocessor as fit (or blocks_per_sm) that fetch the
-    next tile while computing the current one, each tile's fetch in `fetch_chunks` copy groups of channels
-    so that computing starts when the first has landed (on the H100, 4 per SM ran 19.2 us, 23.2 us from
-    DRAM; capping registers to fit 5 per SM was slower: docs/GPU.md); pipelined=False (or
-    FLASHSTEREO_GWC_KERNEL=tiled) builds the one-block-per-tile variant instead. Every variant computes
-    the same bits.
+    Three variants (`variant`, else $FLASHSTEREO_GWC_KERNEL, else the GPU's default):
+    - "tensor" (kernels/gwc_tensor.cu; the default on compute capability 8.0+): the band of each row's
+      left x right correlation matrix on the tensor cores (mma.sync, float32 accumulation). Sums can
+      differ from gwc.gwc_volume's channel-order sum in the last float32 bits (at the stand-in's shape
+      0.035% of the half values, by one or two ulps); every pipeline in a process builds the same
+      variant, so resident and stock agree bit for bit.
+    - "pipelined" (kernels/gwc.cu; the default below 8.0): float32 multiply-adds in channel order, bit for
+      bit gwc.gwc_volume. A persistent grid of as many blocks per multiprocessor as fit (or blocks_per_sm)
+      fetches the next tile while computing the current one, each tile's fetch in `fetch_chunks` copy
+      groups of channels so that computing starts when the first has landed.
+    - "tiled" (kernels/gwc.cu, PIPELINED=0): the one-block-per-tile form of the same arithmetic.
+    The module is built per tile width: `prepare` splits the row into equal tiles of at most `max_tile`
+    columns (default: the widest whose shared memory fits the static limit, so a 480x640 frame's
+    160-column rows are one tile each and no right column is loaded twice; for the tensor kernel
+    GWC_TENSOR_TILE, so they are two). Measurements: docs/GPU.md.
     """
+
+    VARIANTS = ("tensor", "pipelined", "tiled")
 
     def __init__(self, group_channels: int, disparities: int, out_dtype, device_id: int = 0,
                  xt: int = GWC_XT, kt: int = GWC_KT, max_tile: int | None = None, min_blocks: int = 1,
-                 pipelined: bool | None = None, blocks_per_sm: int | None = GWC_BLOCKS_PER_SM,
+                 variant: str | None = None, blocks_per_sm: int | None = GWC_BLOCKS_PER_SM,
                  max_blocks: int | None = None, fetch_chunks: int = GWC_FETCH_CHUNKS):
         self.group_channels, self.disparities = int(group_channels), int(disparities)
         self.out_half = _half_flag(out_dtype, "gwc_volume")
         self.device_id, self.xt, self.kt, self.min_blocks = device_id, int(xt), int(kt), int(min_blocks)
-        if pipelined is None:
-            variant = os.environ.get(GWC_KERNEL_ENV, "pipelined")
-            if variant not in ("pipelined", "tiled"):
-                raise ValueError(f"{GWC_KERNEL_ENV} must be 'pipelined' or 'tiled', got {variant!r}")
-            pipelined = variant == "pipelined"
-        self.pipelined, self.blocks_per_sm, self.max_blocks = bool(pipelined), blocks_per_sm, max_blocks
+        self.variant = variant or os.environ.get(GWC_KERNEL_ENV) or default_gwc_variant(device_id)
+        if self.variant not in self.VARIANTS:
+            raise ValueError(f"the GWC kernel variant ({GWC_KERNEL_ENV}) is one of {', '.join(self.VARIANTS)}, "
+                             f"got {self.variant!r}")
+        self.blocks_per_sm, self.max_blocks = blocks_per_sm, max_blocks
         self.fetch_chunks = max(1, min(int(fetch_chunks), 8, self.group_channels))
-        if self.pipelined and (self.xt != 8 or self.kt % 8):
+        if self.variant == "pipelined" and (self.xt != 8 or self.kt % 8):
             raise ValueError(f"the pipelined GWC kernel takes xt = 8 and kt a multiple of 8, got {xt} x {kt}")
         self.thread_rows = _blocks(self.disparities, self.kt)
+        self.tile_step = 16 if self.variant == "tensor" else 8
+        if max_tile is None and self.variant == "tensor":
+            max_tile = GWC_TENSOR_TILE
         self.max_tile = self._widest_tile() if max_tile is None else min(int(max_tile), self._widest_tile())
-        if self.max_tile < 8:
-            raise ModelError(f"the GWC kernel's tiles need {self.shared_bytes(8)} bytes of shared memory for "
-                             f"{group_channels} channels per group and {disparities} disparities "
+        if self.max_tile < self.tile_step:
+            raise ModelError(f"the GWC kernel's tiles need {self.shared_bytes(self.tile_step)} bytes of shared "
+                             f"memory for {group_channels} channels per group and {disparities} disparities "
                              f"(limit {STATIC_SHARED_LIMIT})")
         self._kernels: dict[int, Kernel] = {}
 
+    @property
+    def source(self) -> str:
+        return "gwc_tensor.cu" if self.variant == "tensor" else "gwc.cu"
+
     def shared_bytes(self, tile: int) -> int:
-        """Static shared memory of one block, as gwc.cu declares it: the left tile and the right columns it
-        needs (rows padded to whole 8-column chunks), float (tiled) or two stages of halves (pipelined)."""
+        """Static shared memory of one block, as the .cu declares it."""
+        if self.variant == "tensor":  # the half operands (channels padded to k16 steps), reused for the band rows
+            channels = _blocks(self.group_channels, 16) * 16
+            operands = 2 * channels * (_odd_chunks(tile, 8) + _odd_chunks(tile + _blocks(self.disparities, 8) * 8, 8))
+            size = 2 if self.out_half else 4
+            return max(operands, self.disparities * _odd_chunks(tile, 16 // size) * size)
+        # the left tile and the right columns it needs (rows padded to whole 8-column chunks), float (tiled)
+        # or two stages of halves (pipelined)
         right = (tile + self.thread_rows * self.kt + 7) // 8 * 8
         return 4 * self.group_channels * (tile + right)
 
+    def threads(self, tile: int) -> int:
+        return 2 * tile if self.variant == "tensor" else tile // self.xt * self.thread_rows
+
+    def block(self, tile: int) -> tuple[int, int, int]:
+        if self.variant == "tensor":
+            return self.threads(tile), 1, 1
+        return tile // self.xt, self.thread_rows, 1
+
     def _widest_tile(self) -> int:
-        tile = 0
-        while self.shared_bytes(tile + 8) <= STATIC_SHARED_LIMIT and (tile + 8) // self.xt * self.thread_rows <= 1024:
-            tile += 8
+        tile, step = 0, self.tile_step
+        while self.shared_bytes(tile + step) <= STATIC_SHARED_LIMIT and self.threads(tile + step) <= 1024:
+            tile += step
         return tile
 
     def tile_for(self, width: int) -> int:
-        """Columns per tile for a row of `width`: equal tiles, each at most max_tile, a multiple of 8."""
+        """Columns per tile for a row of `width`: equal tiles, each at most max_tile, a multiple of tile_step."""
         tiles = _blocks(width, self.max_tile)
-        return _blocks(_blocks(width, tiles), 8) * 8
+        return _blocks(_blocks(width, tiles), self.tile_step) * self.tile_step
 
     def defines(self, tile: int) -> dict[str, int]:
-        return {"GROUP_CHANNELS": self.group_channels, "DISPARITIES": self.disparities, "OUT_HALF": self.out_half,
-                "TILE_X": tile, "XT": self.xt, "KT": self.kt, "MIN_BLOCKS": self.min_blocks,
-                "PIPELINED": int(self.pipelined), "FETCH_CHUNKS": self.fetch_chunks}
+        common = {"GROUP_CHANNELS": self.group_channels, "DISPARITIES": self.disparities, "OUT_HALF": self.out_half,
+                  "TILE_X": tile}
+        if self.variant == "tensor":
+            return common
+        return {**common, "XT": self.xt, "KT": self.kt, "MIN_BLOCKS": self.min_blocks,
+                "PIPELINED": int(self.variant == "pipelined"), "FETCH_CHUNKS": self.fetch_chunks}
 
     def kernel(self, tile: int) -> Kernel:
         if tile not in self._kernels:
-            self._kernels[tile] = load_module("gwc.cu", self.defines(tile), self.device_id).kernel("gwc_volume")
+            self._kernels[tile] = load_module(self.source, self.defines(tile), self.device_id).kernel("gwc_volume")
         return self._kernels[tile]
 
     def grid(self, tile: int, groups: int, height: int, width: int) -> tuple[int, ...]:
-        if not self.pipelined:
+        if self.variant != "pipelined":
             return _blocks(width, tile), height, groups
         items = _blocks(width, tile) * height * groups
-        threads = tile // self.xt * self.thread_rows
-        fit = self.kernel(tile).resident_blocks(threads)
+        fit = self.kernel(tile).resident_blocks(self.threads(tile))
         per_sm = max(1, fit if self.blocks_per_sm is None else min(int(self.blocks_per_sm), fit))
         sms = cuda.primary_context(self.device_id).attribute("MULTIPROCESSOR_COUNT")
         blocks = min(items, sms * per_sm, self.max_blocks or items)  # max_blocks: tests make blocks loop
@@ -448,9 +479,27 @@ class GwcKernel:
 
     def prepare(self, left, right, volume, groups: int, height: int, width: int) -> Launch:
         tile = self.tile_for(width)
-        block = (tile // self.xt, self.thread_rows, 1)
-        return self.kernel(tile).prepare(self.grid(tile, groups, height, width), block,
+        return self.kernel(tile).prepare(self.grid(tile, groups, height, width), self.block(tile),
                                          (left, right, volume, groups, height, width))
+
+    def describe(self, width: int) -> str:
+        """The variant and its shape, for reports."""
+        tile = self.tile_for(width)
+        if self.variant == "tensor":
+            return f"tensor (mma.sync m16n8k16, float32 accumulation), tile {tile}"
+        text = f"{self.variant} {self.xt}x{self.kt}, tile {tile}"
+        return text + (f", {self.fetch_chunks} copy groups per item" if self.variant == "pipelined" else "")
+
+
+def default_gwc_variant(device_id: int = 0) -> str:
+    """'tensor' where the tensor cores take mma.sync m16n8k16 (compute capability 8.0+), else 'pipelined'."""
+    return "tensor" if cuda.primary_context(device_id).compute_capability >= (8, 0) else "pipelined"
+
+
+def _odd_chunks(count: int, per: int) -> int:
+    """count rounded up to whole chunks of `per`, an odd number of them (gwc_tensor.cu's ODD_CHUNKS)."""
+    chunks = _blocks(count, per)
+    return (chunks if chunks % 2 else chunks + 1) * per
 
 
 class DisparityResizeKernel:

@@ -27,6 +27,35 @@ __device__ __forceinline__ float load_f32(const half_bits* p, size_t i) { return
 __device__ __forceinline__ void store_f32(float* p, size_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void store_f32(half_bits* p, size_t i, float v) { p[i] = f32_to_f16(v); }
 
+// ---- asynchronous copies (cp.async, sm_80+; plain loads and stores before)
+// (an intrinsic, not asm, so the compiler folds a stage's offsets into one 32-bit shared address)
+__device__ __forceinline__ unsigned shared_address(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+// 16 bytes global -> shared without passing through registers (sm_80+ cp.async), or 16 zero bytes when
+// !valid (then nothing is read)
+__device__ __forceinline__ void copy16(half_bits* dst, const half_bits* src, bool valid) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared_address(dst)), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+#else
+    *reinterpret_cast<uint4*>(dst) = valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0u, 0u, 0u, 0u);
+#endif
+}
+
+__device__ __forceinline__ void copies_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+// every copy this thread started has landed (then a barrier makes them visible to the block)
+__device__ __forceinline__ void copies_wait_all() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
 // A linear-resize table of n destination samples, as built by kernels.linear_resize_table():
 // words [0,n) first source index, [n,2n) second source index, [2n,3n) weight of the first (float bits),
 // [3n,4n) weight of the second. Weights and clamping follow cv2.INTER_LINEAR (half-pixel centres).

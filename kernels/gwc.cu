@@ -152,27 +152,6 @@ __device__ __forceinline__ void store_outputs(out_t* __restrict__ vol, const flo
 #define NR8 ((XT + KT) / 8)                          // 16-byte right loads per channel (r[0] unused)
 #define CHUNK_CHANNELS ((GROUP_CHANNELS + FETCH_CHUNKS - 1) / FETCH_CHUNKS)  // channels per copy group
 
-// (an intrinsic, not asm, so the compiler folds a stage's offsets into one 32-bit shared address)
-__device__ __forceinline__ unsigned shared_address(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
-
-// 16 bytes global -> shared without passing through registers (sm_80+ cp.async), or 16 zero bytes when
-// !valid (then nothing is read)
-__device__ __forceinline__ void copy16(half_bits* dst, const half_bits* src, bool valid) {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared_address(dst)), "l"(src),
-                 "r"(valid ? 16 : 0)
-                 : "memory");
-#else
-    *reinterpret_cast<uint4*>(dst) = valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0u, 0u, 0u, 0u);
-#endif
-}
-
-__device__ __forceinline__ void copies_commit() {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-
 // every copy group of this thread but the `pending` most recently committed ones has landed (the
 // instruction takes an immediate, hence the switch; pending < 2 * FETCH_CHUNKS <= 16)
 __device__ __forceinline__ void copies_wait(int pending) {

@@ -2,8 +2,8 @@
 
     python3 scripts/gpu_profile.py --models /tmp/standin_480x640 [--out DIR] [--parts gwc,host,pipelined]
 
-gwc        the GWC kernel's register-block / tile variants at the stand-in shape, each checked bit for bit
-           against gwc.gwc_volume and timed like flashstereo-bench --kernels (20 back-to-back launches per
+gwc        the GWC kernel's variants at the stand-in shape, each compared with gwc.gwc_volume (bits, values
+           that differ) and timed like flashstereo-bench --kernels (20 back-to-back launches per
            event pair, median of 200), registers and resident blocks per SM from the driver; each also
            with 4 rotating input/output sets (128 MB, more than the 50 MB L2).
            kernels/gwc_v1.cu, when present (an older gwc.cu, TILE_X 64, 4 x 8), is timed too; so is
@@ -70,17 +70,32 @@ def event_median(stream, launch, reps=200, batch=20) -> float:
 
 # ------------------------------------------------------------------------------------------------ GWC
 GWC_VARIANTS = [  # (label, GwcKernel options)
-    ("pipelined 8x16, all that fit, 4 copy groups per item (default)", {}),
-    ("pipelined 8x16, 1 copy group per item (as before)", {"fetch_chunks": 1}),
-    ("pipelined 8x16, 2 copy groups per item", {"fetch_chunks": 2}),
-    ("pipelined 8x16, 7 copy groups per item", {"fetch_chunks": 7}),
-    ("pipelined 8x16, half rows (tile 80), 4 groups", {"max_tile": 80}),
-    ("pipelined 8x16, 480 blocks (2 rows each)", {"max_blocks": 480}),
-    ("pipelined 8x16, 3/SM", {"blocks_per_sm": 3}),
-    ("pipelined 8x16, 2/SM", {"blocks_per_sm": 2}), ("pipelined 8x8, all that fit", {"kt": 8}),
-    ("tiled 8x16 row", {"pipelined": False}), ("tiled 4x16 row", {"pipelined": False, "xt": 4, "kt": 16}),
-    ("tiled 4x8 row", {"pipelined": False, "xt": 4, "kt": 8}),
+    ("tensor, half rows (default on sm_80+)", {"variant": "tensor"}),
+    ("tensor, row tile", {"variant": "tensor", "max_tile": 160}),
+    ("tensor, tile 32", {"variant": "tensor", "max_tile": 32}),
+    ("pipelined 8x16, all that fit, 4 copy groups per item (exact)", {"variant": "pipelined"}),
+    ("pipelined 8x16, half rows (tile 80), 4 groups", {"variant": "pipelined", "max_tile": 80}),
+    ("tiled 8x16 row", {"variant": "tiled"}),
 ]
+
+
+def _summation_error(left, right, groups, disparities, stream) -> dict:
+    """Float32 volumes of the tensor and the exact kernel against the float64 sums of the same products."""
+    exact = np.zeros((1, groups, disparities) + left.shape[2:], np.float64)
+    lf, rf = (x.astype(np.float64).reshape(1, groups, -1, *x.shape[2:]) for x in (left, right))
+    for d in range(disparities):
+        exact[:, :, d, :, d:] = (lf[..., d:] * rf[..., :rf.shape[-1] - d]).sum(axis=2)
+    dl, dr = cuda.DeviceBuffer(left.shape, np.float16), cuda.DeviceBuffer(right.shape, np.float16)
+    dl.upload(left)
+    dr.upload(right)
+    out = cuda.DeviceBuffer(exact.shape, np.float32)
+    errors = {}
+    for variant in ("tensor", "pipelined"):
+        kernels.GwcKernel(left.shape[1] // groups, disparities, np.float32, variant=variant).prepare(
+            dl, dr, out, groups, *left.shape[2:]).run(stream)
+        err = np.abs(out.download(stream).astype(np.float64) - exact)
+        errors[variant] = {"max": float(err.max()), "mean": float(err.mean())}
+    return {"variant": "float32 volume vs float64 sum", "summation_error": errors}
 
 
 def _func_info(kernel) -> dict:
@@ -132,7 +147,7 @@ def gwc_sweep(shape=(1, 224, 120, 160), groups=8, disparities=48):
             # v1 took (left, right, vol, height, width): the driver reads only the first 5 parameters
             return kernel, kernel.prepare(grid, block, (a, b, v, h, w, 0)), tile, block
         if isinstance(options, tuple):  # (source, extra defines): the current host's tile and grid rule
-            k = kernels.GwcKernel(c // groups, disparities, np.float16)
+            k = kernels.GwcKernel(c // groups, disparities, np.float16, variant="pipelined")
             tile = k.tile_for(w)
             kernel = kernels.load_module(options[0], {**k.defines(tile), **options[1]}).kernel("gwc_volume")
             block = (tile // k.xt, k.thread_rows, 1)
@@ -141,7 +156,7 @@ def gwc_sweep(shape=(1, 224, 120, 160), groups=8, disparities=48):
             return kernel, kernel.prepare(grid, block, (a, b, v, groups, h, w)), tile, block
         k = kernels.GwcKernel(c // groups, disparities, np.float16, **options)
         tile = k.tile_for(w)
-        return k.kernel(tile), k.prepare(a, b, v, groups, h, w), tile, (tile // k.xt, k.thread_rows, 1)
+        return k.kernel(tile), k.prepare(a, b, v, groups, h, w), tile, k.block(tile)
 
     for label, options in variants:
         try:
@@ -149,17 +164,22 @@ def gwc_sweep(shape=(1, 224, 120, 160), groups=8, disparities=48):
             grid = launch.grid
             volume.fill_nan_async(stream)
             launch.run(stream)
-            equal = bool(np.array_equal(volume.download(stream).view(np.uint16), expect.view(np.uint16)))
+            got = volume.download(stream)
+            equal = bool(np.array_equal(got.view(np.uint16), expect.view(np.uint16)))
+            ulps = np.abs(got.view(np.int16).astype(np.int32) - expect.view(np.int16).astype(np.int32))
             ms = event_median(stream, launch.run)
             threads = block[0] * block[1]
             row = {"variant": label, "tile": tile, "threads": threads, "grid": list(grid), **_func_info(kernel),
                    "blocks_per_sm": _occupancy(kernel, threads), "median_us": ms * 1e3,
                    "GB_per_s": nbytes / ms / 1e6, "fraction_of_copy": nbytes / ms / 1e6 / copy_rate,
-                   "equals_numpy": equal}
+                   "equals_numpy": equal, "values_differing": int(np.count_nonzero(ulps)),
+                   "max_ulp": int(ulps.max()), "finite": bool(np.isfinite(got).all())}
         except Exception as exc:  # a variant that does not build or launch is reported, not fatal
             row = {"variant": label, "error": str(exc)[:300]}
         rows.append(row)
         print(row, flush=True)
+    rows.append(_summation_error(left, right, groups, disparities, stream))
+    print(rows[-1], flush=True)
     rotated = []
     sets = []
     for i in range(4):  # 4 input/output sets (128 MB, more than the L2): DRAM-bound timing
@@ -184,17 +204,21 @@ def gwc_sweep(shape=(1, 224, 120, 160), groups=8, disparities=48):
         print("rotating 4 sets:", rotated[-1], flush=True)
     dram = {r["variant"]: r for r in rotated}
     print("\n| variant | tile | threads | grid | regs | blocks/SM fit | us | GB/s | of copy | rotating us | of copy "
-          "| bit-identical |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| bit-identical | values differing | max ulp |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        if "error" in r:
+        if "summation_error" in r:
+            print(f"| {r['variant']}: " + ", ".join(f"{k} max {e['max']:.2e} mean {e['mean']:.2e}"
+                                                     for k, e in r["summation_error"].items()) + " |")
+        elif "error" in r:
             print(f"| {r['variant']} | error: {r['error'][:80]} |")
         else:
             d = dram.get(r["variant"])
             rot = f"{d['median_us']:.1f} | {d['fraction_of_copy'] * 100:.0f}%" if d else "- | -"
             print(f"| {r['variant']} | {r['tile']} | {r['threads']} | {r['grid']} | {r['registers']} | "
                   f"{r['blocks_per_sm']} | {r['median_us']:.1f} | {r['GB_per_s']:.0f} | "
-                  f"{r['fraction_of_copy'] * 100:.0f}% | {rot} | {r['equals_numpy']} |")
+                  f"{r['fraction_of_copy'] * 100:.0f}% | {rot} | {r['equals_numpy']} | {r['values_differing']} | "
+                  f"{r['max_ulp']} |")
     return {"copy_GB_per_s": copy_rate, "bytes": nbytes, "variants": rows, "rotated": rotated}
 
 

@@ -14,15 +14,20 @@ VARIANTS = [
     ("preprocess.cu", {"OUT_HALF": 0}), ("preprocess.cu", {"OUT_HALF": 1}),
     ("group_norm.cu", {"GROUP_CHANNELS": 28, "IN_HALF": 0, "NORM_EPS": kernels.norm_eps_literal()}),
     ("group_norm.cu", {"GROUP_CHANNELS": 28, "IN_HALF": 1, "NORM_EPS": kernels.norm_eps_literal()}),
-    ("gwc.cu", kernels.GwcKernel(28, 48, np.float16).defines(160)),  # a 480x640 frame's 1/4 row: one tile
-    ("gwc.cu", kernels.GwcKernel(28, 48, np.float32).defines(160)),
-    ("gwc.cu", kernels.GwcKernel(40, 104, np.float16).defines(88)),
-    ("gwc.cu", kernels.GwcKernel(28, 48, np.float16, pipelined=False).defines(160)),  # the tiled variant
-    ("gwc.cu", kernels.GwcKernel(28, 48, np.float16, xt=4, kt=8, pipelined=False).defines(64)),
+    ("gwc.cu", kernels.GwcKernel(28, 48, np.float16, variant="pipelined").defines(160)),  # a 480x640 1/4 row
+    ("gwc.cu", kernels.GwcKernel(28, 48, np.float32, variant="pipelined").defines(160)),
+    ("gwc.cu", kernels.GwcKernel(40, 104, np.float16, variant="pipelined").defines(88)),
+    ("gwc.cu", kernels.GwcKernel(28, 48, np.float16, variant="tiled").defines(160)),
+    ("gwc.cu", kernels.GwcKernel(28, 48, np.float16, xt=4, kt=8, variant="tiled").defines(64)),
+    ("gwc_tensor.cu", kernels.GwcKernel(28, 48, np.float16, variant="tensor").defines(160)),
+    ("gwc_tensor.cu", kernels.GwcKernel(28, 48, np.float32, variant="tensor").defines(160)),
+    ("gwc_tensor.cu", kernels.GwcKernel(40, 25, np.float16, variant="tensor").defines(96)),  # 3 k16 steps
+    ("gwc_tensor.cu", kernels.GwcKernel(8, 104, np.float16, variant="tensor").defines(32)),  # 1 k16 step
     ("glue.cu", {"IN_HALF": 0}), ("glue.cu", {"IN_HALF": 1}),
     ("depth_points.cu", None),
 ]
 KERNELS_IN = {"preprocess.cu": ["preprocess"], "group_norm.cu": ["group_norm"], "gwc.cu": ["gwc_volume"],
+              "gwc_tensor.cu": ["gwc_volume"],
               "glue.cu": ["resize_disparity", "cast_f32_to_f16", "cast_f16_to_f32"],
               "depth_points.cu": ["depth_image", "point_cloud"]}
 
@@ -94,32 +99,57 @@ def test_pipelined_gwc_copies_tiles_asynchronously():
     _nvrtc_usable()
     ptx = kernels.compile_ptx("gwc.cu", "compute_90", VARIANTS[4][1])
     assert "cp.async.cg.shared.global" in ptx and "cp.async.wait_group 1" in ptx
-    assert kernels.GwcKernel(28, 48, np.float16).pipelined
     with pytest.raises(ValueError, match="xt = 8"):
-        kernels.GwcKernel(28, 48, np.float16, xt=4, kt=8, pipelined=True)
+        kernels.GwcKernel(28, 48, np.float16, xt=4, kt=8, variant="pipelined")
 
 
-def test_gwc_tiles_fit_static_shared_memory_and_cover_the_row():
-    """A 160-column row (480x640 frame) is one tile; wider rows split into equal tiles that each fit 48 KB."""
-    gwc = kernels.GwcKernel(28, 48, np.float16)
-    assert gwc.tile_for(160) == 160 and gwc.shared_bytes(160) <= kernels.STATIC_SHARED_LIMIT
+def test_tensor_gwc_multiplies_on_the_tensor_cores():
+    """mma.sync m16n8k16 with float32 accumulators, operands by ldmatrix, tiles by cp.async."""
+    _nvrtc_usable()
+    ptx = kernels.compile_ptx("gwc_tensor.cu", "compute_87", VARIANTS[9][1])
+    assert ptx.count("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32") == 16  # 8 n-tiles x 2 k16 steps
+    assert "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in ptx and "cp.async.cg.shared.global" in ptx
+
+
+def test_gwc_variant_is_checked_and_the_environment_picks_it(monkeypatch):
+    monkeypatch.setenv(kernels.GWC_KERNEL_ENV, "tiled")
+    assert kernels.GwcKernel(28, 48, np.float16).variant == "tiled"
+    assert kernels.GwcKernel(28, 48, np.float16, variant="tensor").variant == "tensor"
+    monkeypatch.setenv(kernels.GWC_KERNEL_ENV, "fast")
+    with pytest.raises(ValueError, match="one of tensor, pipelined, tiled, got 'fast'"):
+        kernels.GwcKernel(28, 48, np.float16)
+
+
+@pytest.mark.parametrize("variant", kernels.GwcKernel.VARIANTS)
+def test_gwc_tiles_fit_static_shared_memory_and_cover_the_row(variant):
+    """A 160-column row (480x640 frame) is one tile (two of the tensor kernel's); wider rows split into equal
+    tiles that each fit 48 KB."""
+    gwc = kernels.GwcKernel(28, 48, np.float16, variant=variant)
+    assert gwc.tile_for(160) == (kernels.GWC_TENSOR_TILE if variant == "tensor" else 160)
     for width in (8, 20, 33, 75, 160, 200, 320, 480, 1000):
         tile = gwc.tile_for(width)
-        assert tile % 8 == 0 and tile <= gwc.max_tile and gwc.shared_bytes(tile) <= kernels.STATIC_SHARED_LIMIT
+        assert tile % gwc.tile_step == 0 and tile <= gwc.max_tile
+        assert gwc.shared_bytes(tile) <= kernels.STATIC_SHARED_LIMIT and gwc.threads(tile) <= 1024
         tiles = -(-width // tile)
         assert tiles * tile >= width and (tiles - 1) * tile < width
-    assert gwc.shared_bytes(gwc.max_tile + 8) > kernels.STATIC_SHARED_LIMIT
+    widest = kernels.GwcKernel(28, 48, np.float16, variant=variant, max_tile=10**4).max_tile
+    assert gwc.shared_bytes(widest) <= kernels.STATIC_SHARED_LIMIT < gwc.shared_bytes(widest + gwc.tile_step)
     with pytest.raises(Exception, match="shared memory"):
-        kernels.GwcKernel(200, 48, np.float16)
+        kernels.GwcKernel(400, 48, np.float16, variant=variant)
 
 
 def test_gwc_kernel_shared_memory_is_what_the_host_computes():
     """ptxas' own count of the static shared memory equals GwcKernel.shared_bytes (the host's tile choice)."""
     _nvrtc_usable()
-    cases = ((kernels.GwcKernel(28, 48, np.float16), 160), (kernels.GwcKernel(40, 104, np.float16), 88),
-             (kernels.GwcKernel(8, 12, np.float32), 40), (kernels.GwcKernel(28, 48, np.float16, pipelined=False), 160),
-             (kernels.GwcKernel(28, 48, np.float16, xt=4, kt=8, pipelined=False), 72))
+    def variant(*args, **kwargs):
+        return kernels.GwcKernel(*args, **{"variant": "pipelined", **kwargs})
+
+    cases = ((variant(28, 48, np.float16), 160), (variant(40, 104, np.float16), 88), (variant(8, 12, np.float32), 40),
+             (variant(28, 48, np.float16, variant="tiled"), 160),
+             (variant(28, 48, np.float16, xt=4, kt=8, variant="tiled"), 72),
+             (variant(28, 48, np.float16, variant="tensor"), 160), (variant(28, 48, np.float32, variant="tensor"), 160),
+             (variant(40, 25, np.float16, variant="tensor"), 96), (variant(8, 104, np.float32, variant="tensor"), 32))
     for gwc, tile in cases:
-        ptx = kernels.compile_ptx("gwc.cu", "compute_90", gwc.defines(tile))
+        ptx = kernels.compile_ptx(gwc.source, "compute_90", gwc.defines(tile))
         declared = sum(int(n) for n in re.findall(r"\.shared \.align \d+ \.b8 \S+\[(\d+)\]", ptx))
         assert declared == gwc.shared_bytes(tile)

@@ -165,6 +165,10 @@ def kernel_roofline(feat: str, post: str, backend: str | None, reps: int) -> dic
     group_channels = spec.shape[1] // geo.groups
     norm_kernel = kernels.GroupNormKernel(group_channels, spec.dtype)
     gwc_kernel = kernels.GwcKernel(group_channels, geo.disparities, geo.volume_dtype)
+    # the exact (channel-order) kernel beside the tensor-core default, for the ratio in the same run
+    exact_kernel = (kernels.GwcKernel(group_channels, geo.disparities, geo.volume_dtype, variant="pipelined")
+                    if gwc_kernel.variant == "tensor" else None)
+    height, width = spec.shape[2], spec.shape[3]
     sets = []
     for _ in range(ROTATED_SETS):
         feats = []
@@ -174,11 +178,14 @@ def kernel_roofline(feat: str, post: str, backend: str | None, reps: int) -> dic
             feats.append(buf)
         normed = [cuda.DeviceBuffer(spec.shape, np.float16) for _ in range(2)]
         volume = cuda.DeviceBuffer(geo.post_inputs[contract.GWC_VOLUME].shape, geo.volume_dtype)
-        sets.append({"norm": norm_kernel.prepare(*feats, *normed, geo.groups, spec.shape[2] * spec.shape[3]),
-                     "gwc": gwc_kernel.prepare(*normed, volume, geo.groups, spec.shape[2], spec.shape[3]),
-                     "normed": normed, "volume": volume,
-                     "norm_bytes": 2 * feats[0].nbytes + 2 * normed[0].nbytes,
-                     "gwc_bytes": 2 * normed[0].nbytes + volume.nbytes})
+        item = {"norm": norm_kernel.prepare(*feats, *normed, geo.groups, height * width),
+                "gwc": gwc_kernel.prepare(*normed, volume, geo.groups, height, width),
+                "normed": normed, "volume": volume,
+                "norm_bytes": 2 * feats[0].nbytes + 2 * normed[0].nbytes,
+                "gwc_bytes": 2 * normed[0].nbytes + volume.nbytes}
+        if exact_kernel:
+            item["gwc_exact"] = exact_kernel.prepare(*normed, volume, geo.groups, height, width)
+        sets.append(item)
     for item in sets:  # every set's volume input holds normalised features
         item["norm"].run(stream)
     copy_src, copy_dst = cuda.DeviceBuffer((COPY_BYTES,), np.uint8), cuda.DeviceBuffer((COPY_BYTES,), np.uint8)
@@ -196,6 +203,9 @@ def kernel_roofline(feat: str, post: str, backend: str | None, reps: int) -> dic
         "group_norm (L+R), rotating": (launch_of("norm", True), sets[0]["norm_bytes"]),
         "gwc_volume, rotating": (launch_of("gwc", True), sets[0]["gwc_bytes"]),
     }
+    if exact_kernel:
+        launches["gwc_volume exact (pipelined)"] = (launch_of("gwc_exact", False), sets[0]["gwc_bytes"])
+        launches["gwc_volume exact (pipelined), rotating"] = (launch_of("gwc_exact", True), sets[0]["gwc_bytes"])
     start, end = cuda.Event(), cuda.Event()
     result = {}
     for name, (launch, nbytes) in launches.items():
@@ -215,11 +225,18 @@ def kernel_roofline(feat: str, post: str, backend: str | None, reps: int) -> dic
             result[name]["fraction_of_copy"] = result[name]["GB_per_s"] / copy_rate
     left, right = sets[0]["normed"][0].download(stream), sets[0]["normed"][1].download(stream)
     expect = gwc.gwc_volume(left, right, geo.groups, geo.disparities, geo.volume_dtype)
-    result["gwc_volume"]["equals_numpy"] = bool(np.array_equal(sets[0]["volume"].download(stream), expect))
-    result["gwc_volume"]["variant"] = ("pipelined" if gwc_kernel.pipelined else "tiled") + \
-        f" {gwc_kernel.xt}x{gwc_kernel.kt}, tile {gwc_kernel.tile_for(spec.shape[3])}" + \
-        (f", {gwc_kernel.fetch_chunks} copy groups per item" if gwc_kernel.pipelined else "")
+    sets[0]["gwc"].run(stream)
+    result["gwc_volume"].update(volume_difference(sets[0]["volume"].download(stream), expect),
+                                variant=gwc_kernel.describe(width))
     return result
+
+
+def volume_difference(got: np.ndarray, expect: np.ndarray) -> dict:
+    """How a kernel's volume differs from gwc.gwc_volume's: bit-identical, values that differ, largest difference."""
+    diff = np.abs(got.astype(np.float64) - expect.astype(np.float64))
+    return {"equals_numpy": bool(np.array_equal(got.view(np.uint8), expect.view(np.uint8))),
+            "values_differing": int(np.count_nonzero(diff)), "values": int(diff.size),
+            "max_abs_difference": float(diff.max()) if diff.size else 0.0}
 
 
 def memory_over_frames(feat, post, backend, inputs: Inputs, frames: int, graph: bool) -> dict:
@@ -347,8 +364,10 @@ def format_extras(extras: dict) -> str:
             share = f"{k['fraction_of_copy'] * 100:.0f}%" if "fraction_of_copy" in k else "-"
             lines.append(f"| {name} | {k['median_us']:.1f} | {k['bytes'] / 1e6:.1f} | {k['GB_per_s']:.0f} | {share} |")
         gwc_row = extras["kernels"]["gwc_volume"]
-        lines.append(f"GWC kernel ({gwc_row.get('variant', '?')}) on random data equals numpy: "
-                     f"{gwc_row['equals_numpy']}; 'rotating': {ROTATED_SETS} buffer sets, larger than the L2 together")
+        lines.append(f"GWC kernel ({gwc_row.get('variant', '?')}) on random data against numpy's channel-order sum: "
+                     f"bit-identical {gwc_row['equals_numpy']}, {gwc_row.get('values_differing', 0)} of "
+                     f"{gwc_row.get('values', 0)} values differ, by at most {gwc_row.get('max_abs_difference', 0):.3g}; "
+                     f"'rotating': {ROTATED_SETS} buffer sets, larger than the L2 together")
     if "memory" in extras:
         m = extras["memory"]
         lines.append(f"\ndevice memory over {m['frames']} frames: pipeline holds {m['held_bytes'] / 2**20:.1f} MiB, "
