@@ -464,6 +464,11 @@ class GwcKernel:
 
     def kernel(self, tile: int) -> Kernel:
         if tile not in self._kernels:
+            capability = cuda.primary_context(self.device_id).compute_capability
+            if self.variant == "tensor" and capability < (8, 0):
+                raise BackendUnavailableError(
+                    f"the tensor GWC kernel needs compute capability 8.0+ (this GPU has {capability[0]}.{capability[1]}); "
+                    f"unset {GWC_KERNEL_ENV} or set it to 'pipelined'")
             self._kernels[tile] = load_module(self.source, self.defines(tile), self.device_id).kernel("gwc_volume")
         return self._kernels[tile]
 

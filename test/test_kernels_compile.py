@@ -120,6 +120,22 @@ def test_gwc_variant_is_checked_and_the_environment_picks_it(monkeypatch):
         kernels.GwcKernel(28, 48, np.float16)
 
 
+def test_tensor_gwc_is_the_default_from_compute_capability_8_and_refused_below(monkeypatch):
+    import types
+
+    from flashstereo_ros.errors import BackendUnavailableError
+
+    turing = types.SimpleNamespace(compute_capability=(7, 5))
+    monkeypatch.delenv(kernels.GWC_KERNEL_ENV, raising=False)
+    monkeypatch.setattr(kernels.cuda, "primary_context", lambda device_id=0: turing)
+    assert kernels.default_gwc_variant() == "pipelined"
+    assert kernels.GwcKernel(28, 48, np.float16).variant == "pipelined"
+    with pytest.raises(BackendUnavailableError, match=r"needs compute capability 8.0\+ \(this GPU has 7.5\)"):
+        kernels.GwcKernel(28, 48, np.float16, variant="tensor").kernel(80)
+    turing.compute_capability = (8, 7)  # Jetson Orin
+    assert kernels.default_gwc_variant() == "tensor"
+
+
 @pytest.mark.parametrize("variant", kernels.GwcKernel.VARIANTS)
 def test_gwc_tiles_fit_static_shared_memory_and_cover_the_row(variant):
     """A 160-column row (480x640 frame) is one tile (two of the tensor kernel's); wider rows split into equal
