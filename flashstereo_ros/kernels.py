@@ -394,17 +394,21 @@ class GwcKernel:
     VARIANTS = ("tensor", "pipelined", "tiled")
 
     def __init__(self, group_channels: int, disparities: int, out_dtype, device_id: int = 0,
-                 xt: int = GWC_XT, kt: int = GWC_KT, max_tile: int | None = None, min_blocks: int = 1,
+                 xt: int = GWC_XT, kt: int = GWC_KT, max_tile: int | None = None, min_blocks: int | None = None,
                  variant: str | None = None, blocks_per_sm: int | None = GWC_BLOCKS_PER_SM,
                  max_blocks: int | None = None, fetch_chunks: int = GWC_FETCH_CHUNKS):
         self.group_channels, self.disparities = int(group_channels), int(disparities)
         self.out_half = _half_flag(out_dtype, "gwc_volume")
-        self.device_id, self.xt, self.kt, self.min_blocks = device_id, int(xt), int(kt), int(min_blocks)
+        self.device_id, self.xt, self.kt = device_id, int(xt), int(kt)
         self.variant = variant or os.environ.get(GWC_KERNEL_ENV) or default_gwc_variant(device_id)
         if self.variant not in self.VARIANTS:
             raise ValueError(f"the GWC kernel variant ({GWC_KERNEL_ENV}) is one of {', '.join(self.VARIANTS)}, "
                              f"got {self.variant!r}")
         self.blocks_per_sm, self.max_blocks = blocks_per_sm, max_blocks
+        # __launch_bounds__' minimum resident blocks; for the tensor kernel none (0): given one, the compiler
+        # spilled (6 blocks of tile 80: 12.5 us) or took 86 registers (1 block: 12.3 us) against 64
+        # registers and no spill without it (11.0 us; docs/GPU.md)
+        self.min_blocks = (0 if self.variant == "tensor" else 1) if min_blocks is None else int(min_blocks)
         self.fetch_chunks = max(1, min(int(fetch_chunks), 8, self.group_channels))
         if self.variant == "pipelined" and (self.xt != 8 or self.kt % 8):
             raise ValueError(f"the pipelined GWC kernel takes xt = 8 and kt a multiple of 8, got {xt} x {kt}")
@@ -456,10 +460,10 @@ class GwcKernel:
 
     def defines(self, tile: int) -> dict[str, int]:
         common = {"GROUP_CHANNELS": self.group_channels, "DISPARITIES": self.disparities, "OUT_HALF": self.out_half,
-                  "TILE_X": tile}
+                  "TILE_X": tile, "MIN_BLOCKS": self.min_blocks}
         if self.variant == "tensor":
             return common
-        return {**common, "XT": self.xt, "KT": self.kt, "MIN_BLOCKS": self.min_blocks,
+        return {**common, "XT": self.xt, "KT": self.kt,
                 "PIPELINED": int(self.variant == "pipelined"), "FETCH_CHUNKS": self.fetch_chunks}
 
     def kernel(self, tile: int) -> Kernel:

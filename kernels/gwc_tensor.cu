@@ -30,6 +30,9 @@
 #ifndef TILE_X
 #define TILE_X 160  // columns per block (the host passes its choice)
 #endif
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 0  // __launch_bounds__ minimum resident blocks (caps registers; 0: not given)
+#endif
 #if TILE_X % 16 != 0 || TILE_X > 512
 #error "TILE_X must be a multiple of 16, at most 512"
 #endif
@@ -45,7 +48,8 @@ typedef float out_t;
 #define DR ((DISPARITIES + 7) / 8 * 8)       // right columns before the tile, whole 8-column chunks
 #define NT ((DISPARITIES + 22) / 8)          // n8 tiles per warp: ceil((D + 15) / 8) cover its band
 #define BAND (8 * NT - 16)                   // row m of a warp's tile, column n of its n-tile j: d = BAND + m - 8j - n
-#define THREADS (2 * TILE_X)                 // a warp per 16 columns
+#define WARPS (TILE_X / 16)                  // a warp per 16 columns
+#define THREADS (32 * WARPS)
 #define RCOLS (TILE_X + DR)
 // Row strides are an odd number of 16-byte chunks: the 8 rows of an ldmatrix, and the lanes' scattered
 // stores of the band, then fall in different banks.
@@ -79,8 +83,10 @@ __device__ __forceinline__ void mma16816(float (&acc)[4], const unsigned (&a)[4]
 }
 
 // The left tile (KPAD rows of LSTRIDE) and the right columns (KPAD rows of RSTRIDE) of row y, group g into
-// shared memory; zero outside the image and for channels >= GROUP_CHANNELS. 16-byte asynchronous copies
-// when W % 8 == 0, else element by element.
+// shared memory; zero outside the image and for channels >= GROUP_CHANNELS. When W % 8 == 0, 16-byte
+// asynchronous copies: lane q of each warp takes the row's 16-byte chunk q (left chunks, then right ones)
+// and warp w the channel rows w, w + WARPS, ..., so a thread works out its chunk's place once and each
+// row costs a pointer step and the copy. Else element by element.
 __device__ __forceinline__ void fetch(half_bits* lt, half_bits* rt, const half_bits* __restrict__ left,
                                       const half_bits* __restrict__ right, int g, int y, int x0, int width,
                                       size_t plane, int tid) {
@@ -88,13 +94,17 @@ __device__ __forceinline__ void fetch(half_bits* lt, half_bits* rt, const half_b
     const int rstart = x0 - DR;
     if ((width & 7) == 0) {
         constexpr int LCH = TILE_X / 8, CH = LCH + RCOLS / 8;  // 16-byte chunks per channel row
-        for (int i = tid; i < KPAD * CH; i += THREADS) {
-            const int c = i / CH, q = i - c * CH;
+        for (int q = tid & 31; q < CH; q += 32) {
             const bool is_left = q < LCH;
             const int j = 8 * (is_left ? q : q - LCH), x = (is_left ? x0 : rstart) + j;
-            const bool valid = c < GROUP_CHANNELS && x >= 0 && x < width;
-            const half_bits* src = (is_left ? left : right) + row + (valid ? (size_t)c * plane + x : 0);
-            copy16((is_left ? lt + c * LSTRIDE : rt + c * RSTRIDE) + j, src, valid);
+            const bool inside = x >= 0 && x < width;
+            const half_bits* src = (is_left ? left : right) + row + (inside ? x : 0);
+            half_bits* dst = (is_left ? lt : rt) + j;
+            const int stride = is_left ? LSTRIDE : RSTRIDE;
+            for (int c = tid >> 5; c < KPAD; c += WARPS) {
+                const bool valid = inside && c < GROUP_CHANNELS;
+                copy16(dst + c * stride, valid ? src + (size_t)c * plane : src, valid);
+            }
         }
     } else {
         constexpr int COLS = TILE_X + RCOLS;
@@ -117,7 +127,29 @@ __device__ __forceinline__ out_t to_out(float v) {
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS)
+// The warp's accumulators into the band rows (d, x) in shared memory: only 0 <= d < D; +0 where x < d
+// when MASK (the row's first tile)
+template <bool MASK>
+__device__ __forceinline__ void put_band(out_t* rows, const float (&acc)[NT][4], int lane, int xm, int x0) {
+    const int m = lane >> 2, d = BAND + m - 2 * (lane & 3);  // e = 0, j = 0
+    out_t* base = rows + d * OSTRIDE + xm + m;
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int step = 8 * (e >> 1) - 8 * j - (e & 1);  // d - (d of e = 0, j = 0); x steps 8 * (e >> 1)
+            if ((unsigned)(d + step) < DISPARITIES)
+                base[step * OSTRIDE + 8 * (e >> 1)] =
+                    to_out(MASK && x0 + xm + m + 8 * (e >> 1) < d + step ? 0.0f : acc[j][e]);
+        }
+}
+
+#if MIN_BLOCKS > 0
+#define GWC_BOUNDS __launch_bounds__(THREADS, MIN_BLOCKS)
+#else
+#define GWC_BOUNDS __launch_bounds__(THREADS)
+#endif
+extern "C" __global__ void GWC_BOUNDS
 gwc_volume(const half_bits* __restrict__ left, const half_bits* __restrict__ right, out_t* __restrict__ vol,
            int groups, int height, int width) {
     __shared__ __align__(16) unsigned char shared[SHARED_BYTES];
@@ -156,35 +188,33 @@ gwc_volume(const half_bits* __restrict__ left, const half_bits* __restrict__ rig
     }
     __syncthreads();  // every warp has its operands: the band rows may overwrite them
 
-    // accumulator e of n-tile j: row m = lane / 4 (+8 for e >= 2), column n = 2 (lane % 4) + e % 2
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int m = (lane >> 2) + 8 * (e >> 1), d = BAND + m - 8 * j - 2 * (lane & 3) - (e & 1);
-            if (d >= 0 && d < DISPARITIES) rows[d * OSTRIDE + xm + m] = to_out(x0 + xm + m < d ? 0.0f : acc[j][e]);
-        }
+    // accumulator e of n-tile j: row m = lane / 4 (+8 for e >= 2), column n = 2 (lane % 4) + e % 2, so
+    // d = BAND + m - 8j - n; only a row's first columns (x0 < D) hold values with x < d (+0 there)
+    if (x0 < DISPARITIES)
+        put_band<true>(rows, acc, lane, xm, x0);
+    else
+        put_band<false>(rows, acc, lane, xm, x0);
     __syncthreads();
 
-    out_t* out = vol + (size_t)g * DISPARITIES * plane + (size_t)y * width + x0;
-    if ((width & 7) == 0) {  // 8 columns per step: 16 bytes of halves, two float4s of floats
-        constexpr int Q = TILE_X / 8;
-        for (int i = tid; i < DISPARITIES * Q; i += THREADS) {
-            const int d = i / Q, x = 8 * (i - d * Q);
-            if (x0 + x >= width) continue;
-            const out_t* src = rows + d * OSTRIDE + x;
-            out_t* dst = out + d * plane + x;
+    // thread t copies columns [8 (t % Q), +8) of band rows t / Q, t / Q + 16, ... (THREADS = 16 Q)
+    constexpr int Q = TILE_X / 8;
+    const int x = 8 * (tid % Q);
+    out_t* out = vol + ((size_t)g * DISPARITIES + tid / Q) * plane + (size_t)y * width + x0 + x;
+    const out_t* src = rows + (tid / Q) * OSTRIDE + x;
+    if ((width & 7) == 0) {
+        if (x0 + x < width)
+            for (int d = tid / Q; d < DISPARITIES; d += 16, out += 16 * plane, src += 16 * OSTRIDE) {
 #if OUT_HALF
-            *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+                *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(src);
 #else
-            *reinterpret_cast<float4*>(dst) = *reinterpret_cast<const float4*>(src);
-            *reinterpret_cast<float4*>(dst + 4) = *reinterpret_cast<const float4*>(src + 4);
+                *reinterpret_cast<float4*>(out) = *reinterpret_cast<const float4*>(src);
+                *reinterpret_cast<float4*>(out + 4) = *reinterpret_cast<const float4*>(src + 4);
 #endif
-        }
+            }
     } else {
-        for (int i = tid; i < DISPARITIES * TILE_X; i += THREADS) {
-            const int d = i / TILE_X, x = i - d * TILE_X;
-            if (x0 + x < width) out[d * plane + x] = rows[d * OSTRIDE + x];
-        }
+        for (int d = tid / Q; d < DISPARITIES; d += 16, out += 16 * plane, src += 16 * OSTRIDE)
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+                if (x0 + x + i < width) out[i] = src[i];
     }
 }

@@ -73,6 +73,9 @@ GWC_VARIANTS = [  # (label, GwcKernel options)
     ("tensor, half rows (default on sm_80+)", {"variant": "tensor"}),
     ("tensor, row tile", {"variant": "tensor", "max_tile": 160}),
     ("tensor, tile 32", {"variant": "tensor", "max_tile": 32}),
+    ("tensor, half rows, launch bounds with minimum 1 block", {"variant": "tensor", "min_blocks": 1}),
+    ("tensor, half rows, minimum 6 blocks/SM", {"variant": "tensor", "min_blocks": 6}),
+    ("tensor, half rows, minimum 7 blocks/SM", {"variant": "tensor", "min_blocks": 7}),
     ("pipelined 8x16, all that fit, 4 copy groups per item (exact)", {"variant": "pipelined"}),
     ("pipelined 8x16, half rows (tile 80), 4 groups", {"variant": "pipelined", "max_tile": 80}),
     ("tiled 8x16 row", {"variant": "tiled"}),
@@ -102,7 +105,9 @@ def _func_info(kernel) -> dict:
     drv = cuda.driver
     regs = cuda.check(drv.cuFuncGetAttribute(drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_NUM_REGS, kernel.handle),
                       "cuFuncGetAttribute")
-    return {"registers": int(regs)}
+    local = cuda.check(drv.cuFuncGetAttribute(drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES,
+                                              kernel.handle), "cuFuncGetAttribute")
+    return {"registers": int(regs), "local_bytes": int(local)}
 
 
 def _occupancy(kernel, threads) -> int:
@@ -215,7 +220,8 @@ def gwc_sweep(shape=(1, 224, 120, 160), groups=8, disparities=48):
         else:
             d = dram.get(r["variant"])
             rot = f"{d['median_us']:.1f} | {d['fraction_of_copy'] * 100:.0f}%" if d else "- | -"
-            print(f"| {r['variant']} | {r['tile']} | {r['threads']} | {r['grid']} | {r['registers']} | "
+            print(f"| {r['variant']} | {r['tile']} | {r['threads']} | {r['grid']} | {r['registers']} "
+                  f"({r['local_bytes']} B local) | "
                   f"{r['blocks_per_sm']} | {r['median_us']:.1f} | {r['GB_per_s']:.0f} | "
                   f"{r['fraction_of_copy'] * 100:.0f}% | {rot} | {r['equals_numpy']} | {r['values_differing']} | "
                   f"{r['max_ulp']} |")

@@ -131,6 +131,14 @@ def test_gwc_kernel_matches_numpy(stream, out_dtype, group_channels, disparities
         volume.fill_nan_async(stream)
 
 
+@pytest.mark.parametrize("out_dtype", [np.float16, np.float32])
+def test_tensor_gwc_builds_without_spilling_registers(out_dtype):
+    """The default build keeps its accumulators in registers (with a launch-bounds minimum it spilled: slower)."""
+    kernel = kernels.GwcKernel(28, 48, out_dtype, variant="tensor")
+    built = kernel.kernel(kernel.tile_for(160))
+    assert built.attribute("LOCAL_SIZE_BYTES") == 0
+
+
 def test_default_gwc_variant_is_tensor_from_compute_capability_8():
     major, _ = cuda.primary_context(0).compute_capability
     assert kernels.default_gwc_variant() == ("tensor" if major >= 8 else "pipelined")
