@@ -43,11 +43,11 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
                     "f32", "f32", "f32", "f32", "ptr", "i32", "i32"),
 }
 _CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "u64": ctypes.c_uint64, "f32": ctypes.c_float}
-GWC_XT, GWC_KT = 8, 16  # columns and disparities per thread (gwc.cu's register block)
+GWC_XT, GWC_KT = 8, 16  # columns (fixed) and disparities per thread of gwc.cu's register block
 GWC_BLOCKS_PER_SM = None  # blocks per multiprocessor of the persistent GWC kernel (None: as many as fit)
 GWC_FETCH_CHUNKS = 4  # copy groups (channel ranges) per item of the pipelined GWC kernel: docs/GPU.md
 GWC_TENSOR_TILE = 80  # the tensor kernel's widest default tile: 6 blocks of 5 warps fit an SM (docs/GPU.md)
-GWC_KERNEL_ENV = "FLASHSTEREO_GWC_KERNEL"  # "tensor", "pipelined" or "tiled": GwcKernel's variant
+GWC_KERNEL_ENV = "FLASHSTEREO_GWC_KERNEL"  # "tensor" or "pipelined": GwcKernel's variant
 STATIC_SHARED_LIMIT = 48 * 1024
 BLOCK_2D = (32, 8, 1)
 BLOCK_1D = (256, 1, 1)
@@ -374,7 +374,7 @@ class GroupNormKernel:
 class GwcKernel:
     """The group-wise correlation volume from normalised half features.
 
-    Three variants (`variant`, else $FLASHSTEREO_GWC_KERNEL, else the GPU's default):
+    Two variants (`variant`, else $FLASHSTEREO_GWC_KERNEL, else the GPU's default):
     - "tensor" (kernels/gwc_tensor.cu; the default on compute capability 8.0+): the band of each row's
       left x right correlation matrix on the tensor cores (mma.sync, float32 accumulation). Sums can
       differ from gwc.gwc_volume's channel-order sum in the last float32 bits (at the stand-in's shape
@@ -384,22 +384,21 @@ class GwcKernel:
       bit gwc.gwc_volume. A persistent grid of as many blocks per multiprocessor as fit (or blocks_per_sm)
       fetches the next tile while computing the current one, each tile's fetch in `fetch_chunks` copy
       groups of channels so that computing starts when the first has landed.
-    - "tiled" (kernels/gwc.cu, PIPELINED=0): the one-block-per-tile form of the same arithmetic.
     The module is built per tile width: `prepare` splits the row into equal tiles of at most `max_tile`
     columns (default: the widest whose shared memory fits the static limit, so a 480x640 frame's
     160-column rows are one tile each and no right column is loaded twice; for the tensor kernel
     GWC_TENSOR_TILE, so they are two). Measurements: docs/GPU.md.
     """
 
-    VARIANTS = ("tensor", "pipelined", "tiled")
+    VARIANTS = ("tensor", "pipelined")
 
     def __init__(self, group_channels: int, disparities: int, out_dtype, device_id: int = 0,
-                 xt: int = GWC_XT, kt: int = GWC_KT, max_tile: int | None = None, min_blocks: int | None = None,
+                 kt: int = GWC_KT, max_tile: int | None = None, min_blocks: int | None = None,
                  variant: str | None = None, blocks_per_sm: int | None = GWC_BLOCKS_PER_SM,
                  max_blocks: int | None = None, fetch_chunks: int = GWC_FETCH_CHUNKS):
         self.group_channels, self.disparities = int(group_channels), int(disparities)
         self.out_half = _half_flag(out_dtype, "gwc_volume")
-        self.device_id, self.xt, self.kt = device_id, int(xt), int(kt)
+        self.device_id, self.kt = device_id, int(kt)
         self.variant = variant or os.environ.get(GWC_KERNEL_ENV) or default_gwc_variant(device_id)
         if self.variant not in self.VARIANTS:
             raise ValueError(f"the GWC kernel variant ({GWC_KERNEL_ENV}) is one of {', '.join(self.VARIANTS)}, "
@@ -410,8 +409,8 @@ class GwcKernel:
         # registers and no spill without it (11.0 us; docs/GPU.md)
         self.min_blocks = (0 if self.variant == "tensor" else 1) if min_blocks is None else int(min_blocks)
         self.fetch_chunks = max(1, min(int(fetch_chunks), 8, self.group_channels))
-        if self.variant == "pipelined" and (self.xt != 8 or self.kt % 8):
-            raise ValueError(f"the pipelined GWC kernel takes xt = 8 and kt a multiple of 8, got {xt} x {kt}")
+        if self.kt < 8 or self.kt % 8:
+            raise ValueError(f"the pipelined GWC kernel takes kt a multiple of 8, got {kt}")
         self.thread_rows = _blocks(self.disparities, self.kt)
         self.tile_step = 16 if self.variant == "tensor" else 8
         if max_tile is None and self.variant == "tensor":
@@ -431,21 +430,21 @@ class GwcKernel:
         """Static shared memory of one block, as the .cu declares it."""
         if self.variant == "tensor":  # the half operands (channels padded to k16 steps), reused for the band rows
             channels = _blocks(self.group_channels, 16) * 16
-            operands = 2 * channels * (_odd_chunks(tile, 8) + _odd_chunks(tile + _blocks(self.disparities, 8) * 8, 8))
+            right = tile + _blocks(self.disparities, 8) * 8
+            operands = 2 * channels * (_odd_chunks(tile, 8) + _odd_chunks(right, 8))
             size = 2 if self.out_half else 4
             return max(operands, self.disparities * _odd_chunks(tile, 16 // size) * size)
-        # the left tile and the right columns it needs (rows padded to whole 8-column chunks), float (tiled)
-        # or two stages of halves (pipelined)
+        # two stages of halves: the left tile and the right columns it needs (rows padded to whole 8-column chunks)
         right = (tile + self.thread_rows * self.kt + 7) // 8 * 8
         return 4 * self.group_channels * (tile + right)
 
     def threads(self, tile: int) -> int:
-        return 2 * tile if self.variant == "tensor" else tile // self.xt * self.thread_rows
+        return 2 * tile if self.variant == "tensor" else tile // GWC_XT * self.thread_rows
 
     def block(self, tile: int) -> tuple[int, int, int]:
         if self.variant == "tensor":
             return self.threads(tile), 1, 1
-        return tile // self.xt, self.thread_rows, 1
+        return tile // GWC_XT, self.thread_rows, 1
 
     def _widest_tile(self) -> int:
         tile, step = 0, self.tile_step
@@ -463,21 +462,20 @@ class GwcKernel:
                   "TILE_X": tile, "MIN_BLOCKS": self.min_blocks}
         if self.variant == "tensor":
             return common
-        return {**common, "XT": self.xt, "KT": self.kt,
-                "PIPELINED": int(self.variant == "pipelined"), "FETCH_CHUNKS": self.fetch_chunks}
+        return {**common, "KT": self.kt, "FETCH_CHUNKS": self.fetch_chunks}
 
     def kernel(self, tile: int) -> Kernel:
         if tile not in self._kernels:
             capability = cuda.primary_context(self.device_id).compute_capability
             if self.variant == "tensor" and capability < (8, 0):
                 raise BackendUnavailableError(
-                    f"the tensor GWC kernel needs compute capability 8.0+ (this GPU has {capability[0]}.{capability[1]}); "
-                    f"unset {GWC_KERNEL_ENV} or set it to 'pipelined'")
+                    f"the tensor GWC kernel needs compute capability 8.0+ (this GPU has "
+                    f"{capability[0]}.{capability[1]}); unset {GWC_KERNEL_ENV} or set it to 'pipelined'")
             self._kernels[tile] = load_module(self.source, self.defines(tile), self.device_id).kernel("gwc_volume")
         return self._kernels[tile]
 
     def grid(self, tile: int, groups: int, height: int, width: int) -> tuple[int, ...]:
-        if self.variant != "pipelined":
+        if self.variant == "tensor":
             return _blocks(width, tile), height, groups
         items = _blocks(width, tile) * height * groups
         fit = self.kernel(tile).resident_blocks(self.threads(tile))
@@ -496,8 +494,7 @@ class GwcKernel:
         tile = self.tile_for(width)
         if self.variant == "tensor":
             return f"tensor (mma.sync m16n8k16, float32 accumulation), tile {tile}"
-        text = f"{self.variant} {self.xt}x{self.kt}, tile {tile}"
-        return text + (f", {self.fetch_chunks} copy groups per item" if self.variant == "pipelined" else "")
+        return f"pipelined {GWC_XT}x{self.kt}, tile {tile}, {self.fetch_chunks} copy groups per item"
 
 
 def default_gwc_variant(device_id: int = 0) -> str:

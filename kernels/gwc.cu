@@ -12,7 +12,7 @@
 // memory for XT*KT multiply-adds held in registers, and finally writes XT consecutive x per d with one
 // vector store per d (coalesced across the warp).
 //
-// PIPELINED=1 (default): a persistent grid (the host launches as many blocks per SM as fit); each block
+// A persistent grid (the host launches as many blocks per SM as fit); each block
 // walks the items blockIdx.x, blockIdx.x + gridDim.x, ... and fetches the next item's tiles with cp.async
 // (16-byte copies of halves straight into shared memory, zero-filled outside the image) into the second
 // of two stages while it computes the current one, so loads, arithmetic and the stores of the previous
@@ -20,11 +20,8 @@
 // of each range starts when its group has landed: a block's first item, which nothing else overlaps,
 // then costs about one range's fetch instead of the whole item's. Tiles stay half in shared memory and
 // are widened to float as they are read. XT = 8, KT a multiple of 8 (16-byte shared loads).
-// Launch: block (TILE_X/XT, ceil(D/KT)), grid (blocks).
-// PIPELINED=0: one block per item, float tiles (swizzled for XT = 8), loaded then computed; the first
-// register-blocked version, kept for comparison. Launch: block (TILE_X/XT, ceil(D/KT)),
-// grid (ceil(W/TILE_X), H, G).
-// Measurements and the reasoning behind both are in docs/GPU.md.
+// Launch: block (TILE_X/XT, ceil(D/KT)), grid (blocks). Measurements and the reasoning: docs/GPU.md
+// (an earlier one-block-per-item form with float tiles is in the history, commit 747551c).
 #include "fs_common.cuh"
 
 #ifndef GROUP_CHANNELS
@@ -39,17 +36,12 @@
 #ifndef TILE_X
 #define TILE_X 64  // columns per block (the host passes its choice)
 #endif
-#ifndef XT
-#define XT 8  // columns per thread
-#endif
+#define XT 8  // columns per thread: 16-byte loads and stores of halves
 #ifndef KT
 #define KT 16  // disparities per thread
 #endif
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 1  // __launch_bounds__ minimum resident blocks (caps registers when > 1)
-#endif
-#ifndef PIPELINED
-#define PIPELINED 1
 #endif
 #ifndef FETCH_CHUNKS
 #define FETCH_CHUNKS 4  // copy groups (channel ranges) per item in the pipelined kernel, 1..8
@@ -57,11 +49,8 @@
 #if FETCH_CHUNKS < 1 || FETCH_CHUNKS > 8 || FETCH_CHUNKS > GROUP_CHANNELS
 #error "FETCH_CHUNKS must be 1..8 and at most GROUP_CHANNELS"
 #endif
-#if (XT != 4 && XT != 8) || KT % 4 != 0 || TILE_X % 8 != 0 || TILE_X % XT != 0
-#error "XT must be 4 or 8, KT a multiple of 4, TILE_X a multiple of 8 and of XT"
-#endif
-#if PIPELINED && (XT != 8 || KT % 8 != 0)
-#error "the pipelined kernel needs XT = 8 and KT a multiple of 8"
+#if KT % 8 != 0 || TILE_X % 8 != 0
+#error "KT and TILE_X must be multiples of 8"
 #endif
 
 #define TX (TILE_X / XT)                           // thread columns
@@ -70,13 +59,6 @@
 #define DPAD (TD * KT)                             // disparities covered, >= DISPARITIES
 #define RCOLS (TILE_X + DPAD)                      // right columns needed
 #define RSTRIDE ((RCOLS + 7) & ~7)                 // right row length in shared memory (whole 8-column chunks)
-#define NL4 (XT / 4)                               // float4 left loads per channel
-#define NR4 ((XT + KT) / 4)                        // float4 right loads per channel (r[0] unused)
-#if XT == 8
-#define SWZ(j) ((j) ^ (((j) >> 3) & 4))            // j a multiple of 4: float4 index f -> f ^ ((f >> 3) & 1)
-#else
-#define SWZ(j) (j)                                 // XT = 4: lanes read consecutive float4s, no conflict
-#endif
 
 #if OUT_HALF
 typedef half_bits out_t;
@@ -95,17 +77,13 @@ __device__ __forceinline__ unsigned pack_f16x2(float lo, float hi) {
 #endif
 }
 
-// XT consecutive outputs at an aligned address (16 bytes of halves for XT = 8, 8 for XT = 4; floats in float4s)
+// XT = 8 consecutive outputs at an aligned address (16 bytes of halves; floats in float4s)
 __device__ __forceinline__ void store_row(out_t* p, const float* v) {
 #if OUT_HALF
     unsigned w[XT / 2];
 #pragma unroll
     for (int i = 0; i < XT / 2; ++i) w[i] = pack_f16x2(v[2 * i], v[2 * i + 1]);
-#if XT == 8
     *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
-#else
-    *reinterpret_cast<uint2*>(p) = make_uint2(w[0], w[1]);
-#endif
 #else
 #pragma unroll
     for (int i = 0; i < XT; i += 4) *reinterpret_cast<float4*>(p + i) = make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
@@ -145,8 +123,6 @@ __device__ __forceinline__ void store_outputs(out_t* __restrict__ vol, const flo
     }
 }
 
-#if PIPELINED
-// ------------------------------------------------------------------------------------------ pipelined
 #define CSTRIDE (TILE_X + RSTRIDE)                   // halves per channel in a stage: its left row, then its right row
 #define STAGE (GROUP_CHANNELS * CSTRIDE)
 #define NR8 ((XT + KT) / 8)                          // 16-byte right loads per channel (r[0] unused)
@@ -310,120 +286,3 @@ gwc_volume(const half_bits* __restrict__ left, const half_bits* __restrict__ rig
         __syncthreads();  // every thread is done with stages[s] before the next iteration refills it
     }
 }
-
-#else
-// ---------------------------------------------------------------------------------------------- tiled
-// 8 halves (one 16-byte word) -> 8 floats at columns [j, j + 8) of a swizzled shared row, j % 8 == 0
-__device__ __forceinline__ void put8(float* row, int j, uint4 w) {
-    *reinterpret_cast<float4*>(row + SWZ(j)) = halves_to_float4(w.x, w.y);
-    *reinterpret_cast<float4*>(row + SWZ(j + 4)) = halves_to_float4(w.z, w.w);
-}
-
-// Fill COUNT_PER_ROW 8-column chunks of GROUP_CHANNELS rows from global columns [start, start + 8*count):
-// chunks wholly outside [0, width) are zero. W % 8 == 0, start % 8 == 0. Four 16-byte loads in flight.
-template <int CHUNKS>
-__device__ __forceinline__ void fill_tile8(float* tile, int stride, const half_bits* src, size_t plane, int start,
-                                           int width, int tid) {
-    constexpr int TOTAL = GROUP_CHANNELS * CHUNKS;
-    constexpr int UNROLL = 4;
-    for (int base = tid; base < TOTAL; base += UNROLL * THREADS) {
-        uint4 w[UNROLL];
-#pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            const int i = base + u * THREADS;
-            const int c = i / CHUNKS, x = start + 8 * (i - c * CHUNKS);
-            w[u] = (i < TOTAL && x >= 0 && x < width)
-                       ? __ldg(reinterpret_cast<const uint4*>(src + (size_t)c * plane + x))
-                       : make_uint4(0u, 0u, 0u, 0u);
-        }
-#pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            const int i = base + u * THREADS;
-            if (i < TOTAL) {
-                const int c = i / CHUNKS;
-                put8(tile + c * stride, 8 * (i - c * CHUNKS), w[u]);
-            }
-        }
-    }
-}
-
-// Any width: scalar loads, zero outside [0, width)
-__device__ __forceinline__ void fill_tile1(float* tile, int stride, int cols, const half_bits* src, size_t plane,
-                                           int start, int width, int tid) {
-    for (int i = tid; i < GROUP_CHANNELS * cols; i += THREADS) {
-        const int c = i / cols, j = i - c * cols, x = start + j;
-        // swizzle moves whole float4s: element j lands at SWZ(j & ~3) + (j & 3)
-        const float v = (x >= 0 && x < width) ? f16_to_f32(src[(size_t)c * plane + x]) : 0.0f;
-        tile[c * stride + SWZ(j & ~3) + (j & 3)] = v;
-    }
-}
-
-// N float4s of a shared row at the (swizzled) offsets -> 4N floats
-template <int N>
-__device__ __forceinline__ void load_float4s(const float* row, const int* offsets, float* out) {
-#pragma unroll
-    for (int q = 0; q < N; ++q) {
-        const float4 v = *reinterpret_cast<const float4*>(row + offsets[q]);
-        out[4 * q] = v.x;
-        out[4 * q + 1] = v.y;
-        out[4 * q + 2] = v.z;
-        out[4 * q + 3] = v.w;
-    }
-}
-
-// one channel's operands of a thread: XT left values and XT+KT right values (r[0] unused) from shared memory
-__device__ __forceinline__ void load_operands(const float* lrow, const float* rrow, const int* lo, const int* ro,
-                                              float* l, float* r) {
-    load_float4s<NL4>(lrow, lo, l);
-    load_float4s<NR4>(rrow, ro, r);
-}
-
-extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
-gwc_volume(const half_bits* __restrict__ left, const half_bits* __restrict__ right, out_t* __restrict__ vol,
-           int groups, int height, int width) {
-    __shared__ __align__(16) float tile_left[GROUP_CHANNELS * TILE_X];
-    __shared__ __align__(16) float tile_right[GROUP_CHANNELS * RSTRIDE];
-    const int x0 = blockIdx.x * TILE_X, y = blockIdx.y, g = blockIdx.z;
-    const size_t plane = (size_t)height * width;
-    const size_t row = (size_t)g * GROUP_CHANNELS * plane + (size_t)y * width;
-    const int tid = threadIdx.y * TX + threadIdx.x;
-    const int rstart = x0 - DPAD;
-
-    if ((width & 7) == 0 && DPAD % 8 == 0) {  // rows, tiles and chunks of 8 columns are 16-byte aligned
-        fill_tile8<TILE_X / 8>(tile_left, TILE_X, left + row, plane, x0, width, tid);
-        fill_tile8<RSTRIDE / 8>(tile_right, RSTRIDE, right + row, plane, rstart, width, tid);
-    } else {
-        fill_tile1(tile_left, TILE_X, TILE_X, left + row, plane, x0, width, tid);
-        fill_tile1(tile_right, RSTRIDE, RCOLS, right + row, plane, rstart, width, tid);
-    }
-    __syncthreads();
-
-    const int lx = threadIdx.x * XT;     // first local column of this thread
-    const int d0 = threadIdx.y * KT;     // first disparity of this thread
-    const int jb = lx - d0 + DPAD - KT;  // r[m] = right tile column jb + m = R at column x0+lx-d0-KT+m
-    int lo[NL4], ro[NR4];
-#pragma unroll
-    for (int q = 0; q < NL4; ++q) lo[q] = SWZ(lx + 4 * q);
-#pragma unroll
-    for (int q = 0; q < NR4; ++q) ro[q] = SWZ(jb + 4 * q);
-
-    float acc[XT][KT];
-    float l[XT], r[XT + KT];
-    load_operands(tile_left, tile_right, lo, ro, l, r);
-#pragma unroll
-    for (int i = 0; i < XT; ++i)
-#pragma unroll
-        for (int k = 0; k < KT; ++k) acc[i][k] = l[i] * r[KT + i - k];  // channel 0 starts the sum
-#pragma unroll 2
-    for (int c = 1; c < GROUP_CHANNELS; ++c) {
-        load_operands(tile_left + c * TILE_X, tile_right + c * RSTRIDE, lo, ro, l, r);
-#pragma unroll
-        for (int i = 0; i < XT; ++i)  // column x0+lx+i, disparity d0+k reads R at x-d: r[KT+i-k]
-#pragma unroll
-            for (int k = 0; k < KT; ++k) acc[i][k] = fmaf(l[i], r[KT + i - k], acc[i][k]);
-    }
-
-    const int xb = x0 + lx;
-    if (xb < width) store_outputs(vol, acc, g, y, xb, d0, width, plane);
-}
-#endif  // PIPELINED

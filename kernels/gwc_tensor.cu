@@ -53,13 +53,15 @@ typedef float out_t;
 #define RCOLS (TILE_X + DR)
 // Row strides are an odd number of 16-byte chunks: the 8 rows of an ldmatrix, and the lanes' scattered
 // stores of the band, then fall in different banks.
-#define ODD_CHUNKS(n, per) ((((n) + (per) - 1) / (per)) % 2 ? ((n) + (per) - 1) / (per) * (per) : ((n) + (per) - 1) / (per) * (per) + (per))
+#define CHUNKS(n, per) (((n) + (per) - 1) / (per))
+#define ODD_CHUNKS(n, per) ((CHUNKS(n, per) + 1 - CHUNKS(n, per) % 2) * (per))
 #define LSTRIDE ODD_CHUNKS(TILE_X, 8)        // halves
 #define RSTRIDE ODD_CHUNKS(RCOLS, 8)         // halves
 #define OSTRIDE ODD_CHUNKS(TILE_X, 16 / (int)sizeof(out_t))
 #define INPUT_BYTES (2 * KPAD * (LSTRIDE + RSTRIDE))
 #define STAGING_BYTES (DISPARITIES * OSTRIDE * (int)sizeof(out_t))
-#define SHARED_BYTES (INPUT_BYTES > STAGING_BYTES ? INPUT_BYTES : STAGING_BYTES)  // the band reuses the operands' space
+// the band rows reuse the operands' space
+#define SHARED_BYTES (INPUT_BYTES > STAGING_BYTES ? INPUT_BYTES : STAGING_BYTES)
 
 // four 8x8 half matrices, each from 8 rows of 16 bytes (lane i gives row i % 8 of matrix i / 8), transposed
 __device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const half_bits* row) {
@@ -128,7 +130,7 @@ __device__ __forceinline__ out_t to_out(float v) {
 }
 
 // The warp's accumulators into the band rows (d, x) in shared memory: only 0 <= d < D; +0 where x < d
-// when MASK (the row's first tile)
+// when MASK (a tile that starts before column D)
 template <bool MASK>
 __device__ __forceinline__ void put_band(out_t* rows, const float (&acc)[NT][4], int lane, int xm, int x0) {
     const int m = lane >> 2, d = BAND + m - 2 * (lane & 3);  // e = 0, j = 0

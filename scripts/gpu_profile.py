@@ -78,7 +78,7 @@ GWC_VARIANTS = [  # (label, GwcKernel options)
     ("tensor, half rows, minimum 7 blocks/SM", {"variant": "tensor", "min_blocks": 7}),
     ("pipelined 8x16, all that fit, 4 copy groups per item (exact)", {"variant": "pipelined"}),
     ("pipelined 8x16, half rows (tile 80), 4 groups", {"variant": "pipelined", "max_tile": 80}),
-    ("tiled 8x16 row", {"variant": "tiled"}),
+    ("pipelined 8x8", {"variant": "pipelined", "kt": 8}),
 ]
 
 
@@ -155,7 +155,7 @@ def gwc_sweep(shape=(1, 224, 120, 160), groups=8, disparities=48):
             k = kernels.GwcKernel(c // groups, disparities, np.float16, variant="pipelined")
             tile = k.tile_for(w)
             kernel = kernels.load_module(options[0], {**k.defines(tile), **options[1]}).kernel("gwc_volume")
-            block = (tile // k.xt, k.thread_rows, 1)
+            block = k.block(tile)
             sms = cuda.primary_context(0).attribute("MULTIPROCESSOR_COUNT")
             grid = (min(-(-w // tile) * h * groups, sms * kernel.resident_blocks(block[0] * block[1])),)
             return kernel, kernel.prepare(grid, block, (a, b, v, groups, h, w)), tile, block

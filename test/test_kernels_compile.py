@@ -17,8 +17,7 @@ VARIANTS = [
     ("gwc.cu", kernels.GwcKernel(28, 48, np.float16, variant="pipelined").defines(160)),  # a 480x640 1/4 row
     ("gwc.cu", kernels.GwcKernel(28, 48, np.float32, variant="pipelined").defines(160)),
     ("gwc.cu", kernels.GwcKernel(40, 104, np.float16, variant="pipelined").defines(88)),
-    ("gwc.cu", kernels.GwcKernel(28, 48, np.float16, variant="tiled").defines(160)),
-    ("gwc.cu", kernels.GwcKernel(28, 48, np.float16, xt=4, kt=8, variant="tiled").defines(64)),
+    ("gwc.cu", kernels.GwcKernel(28, 48, np.float16, kt=8, variant="pipelined").defines(64)),
     ("gwc_tensor.cu", kernels.GwcKernel(28, 48, np.float16, variant="tensor").defines(160)),
     ("gwc_tensor.cu", kernels.GwcKernel(28, 48, np.float32, variant="tensor").defines(160)),
     ("gwc_tensor.cu", kernels.GwcKernel(40, 25, np.float16, variant="tensor").defines(96)),  # 3 k16 steps
@@ -99,24 +98,25 @@ def test_pipelined_gwc_copies_tiles_asynchronously():
     _nvrtc_usable()
     ptx = kernels.compile_ptx("gwc.cu", "compute_90", VARIANTS[4][1])
     assert "cp.async.cg.shared.global" in ptx and "cp.async.wait_group 1" in ptx
-    with pytest.raises(ValueError, match="xt = 8"):
-        kernels.GwcKernel(28, 48, np.float16, xt=4, kt=8, variant="pipelined")
+    with pytest.raises(ValueError, match="kt a multiple of 8, got 12"):
+        kernels.GwcKernel(28, 48, np.float16, kt=12, variant="pipelined")
 
 
 def test_tensor_gwc_multiplies_on_the_tensor_cores():
     """mma.sync m16n8k16 with float32 accumulators, operands by ldmatrix, tiles by cp.async."""
     _nvrtc_usable()
-    ptx = kernels.compile_ptx("gwc_tensor.cu", "compute_87", VARIANTS[9][1])
+    defines = kernels.GwcKernel(28, 48, np.float16, variant="tensor").defines(80)
+    ptx = kernels.compile_ptx("gwc_tensor.cu", "compute_87", defines)
     assert ptx.count("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32") == 16  # 8 n-tiles x 2 k16 steps
     assert "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in ptx and "cp.async.cg.shared.global" in ptx
 
 
 def test_gwc_variant_is_checked_and_the_environment_picks_it(monkeypatch):
-    monkeypatch.setenv(kernels.GWC_KERNEL_ENV, "tiled")
-    assert kernels.GwcKernel(28, 48, np.float16).variant == "tiled"
+    monkeypatch.setenv(kernels.GWC_KERNEL_ENV, "pipelined")
+    assert kernels.GwcKernel(28, 48, np.float16).variant == "pipelined"
     assert kernels.GwcKernel(28, 48, np.float16, variant="tensor").variant == "tensor"
     monkeypatch.setenv(kernels.GWC_KERNEL_ENV, "fast")
-    with pytest.raises(ValueError, match="one of tensor, pipelined, tiled, got 'fast'"):
+    with pytest.raises(ValueError, match="one of tensor, pipelined, got 'fast'"):
         kernels.GwcKernel(28, 48, np.float16)
 
 
@@ -161,8 +161,7 @@ def test_gwc_kernel_shared_memory_is_what_the_host_computes():
         return kernels.GwcKernel(*args, **{"variant": "pipelined", **kwargs})
 
     cases = ((variant(28, 48, np.float16), 160), (variant(40, 104, np.float16), 88), (variant(8, 12, np.float32), 40),
-             (variant(28, 48, np.float16, variant="tiled"), 160),
-             (variant(28, 48, np.float16, xt=4, kt=8, variant="tiled"), 72),
+             (variant(28, 48, np.float16, kt=8), 72),
              (variant(28, 48, np.float16, variant="tensor"), 160), (variant(28, 48, np.float32, variant="tensor"), 160),
              (variant(40, 25, np.float16, variant="tensor"), 96), (variant(8, 104, np.float32, variant="tensor"), 32))
     for gwc, tile in cases:

@@ -366,8 +366,9 @@ def format_extras(extras: dict) -> str:
         gwc_row = extras["kernels"]["gwc_volume"]
         lines.append(f"GWC kernel ({gwc_row.get('variant', '?')}) on random data against numpy's channel-order sum: "
                      f"bit-identical {gwc_row['equals_numpy']}, {gwc_row.get('values_differing', 0)} of "
-                     f"{gwc_row.get('values', 0)} values differ, by at most {gwc_row.get('max_abs_difference', 0):.3g}; "
-                     f"'rotating': {ROTATED_SETS} buffer sets, larger than the L2 together")
+                     f"{gwc_row.get('values', 0)} values differ, by at most "
+                     f"{gwc_row.get('max_abs_difference', 0):.3g}; 'rotating': {ROTATED_SETS} buffer sets, larger "
+                     "than the L2 together")
     if "memory" in extras:
         m = extras["memory"]
         lines.append(f"\ndevice memory over {m['frames']} frames: pipeline holds {m['held_bytes'] / 2**20:.1f} MiB, "
