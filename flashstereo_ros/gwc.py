@@ -1,7 +1,9 @@
 """Numpy reference for the step between the engines: per-group L2 norm and the GWC cost volume.
 
-This is the oracle the CUDA kernels (kernels/group_norm.cu, kernels/gwc.cu) must equal bit for bit, so
-every floating-point operation here is spelled out in the order the kernels perform it:
+This is the oracle the CUDA kernels kernels/group_norm.cu and kernels/gwc.cu must equal bit for bit, so
+every floating-point operation here is spelled out in the order they perform it (kernels/gwc_tensor.cu,
+the default on compute capability 8.0+, sums each group's products on the tensor cores in their own
+order: within float32 rounding of this, docs/GPU.md):
 - norm: float32 sum of squares, channel by channel in channel order (channel 0's term starts the
   sum); IEEE sqrt; x / max(norm, 1e-12); round to the compute dtype (float16).
 - volume: float32 products of the float16 features (exact: 11-bit x 11-bit significands fit in 24),

@@ -397,6 +397,9 @@ class GwcKernel:
                  variant: str | None = None, blocks_per_sm: int | None = GWC_BLOCKS_PER_SM,
                  max_blocks: int | None = None, fetch_chunks: int = GWC_FETCH_CHUNKS):
         self.group_channels, self.disparities = int(group_channels), int(disparities)
+        if self.group_channels < 1 or self.disparities < 1:
+            raise ValueError(f"the GWC volume needs channels per group and disparities >= 1, got "
+                             f"{group_channels} and {disparities}")
         self.out_half = _half_flag(out_dtype, "gwc_volume")
         self.device_id, self.kt = device_id, int(kt)
         self.variant = variant or os.environ.get(GWC_KERNEL_ENV) or default_gwc_variant(device_id)
@@ -409,13 +412,17 @@ class GwcKernel:
         # registers and no spill without it (11.0 us; docs/GPU.md)
         self.min_blocks = (0 if self.variant == "tensor" else 1) if min_blocks is None else int(min_blocks)
         self.fetch_chunks = max(1, min(int(fetch_chunks), 8, self.group_channels))
-        if self.kt < 8 or self.kt % 8:
+        if self.variant == "pipelined" and (self.kt < 8 or self.kt % 8):
             raise ValueError(f"the pipelined GWC kernel takes kt a multiple of 8, got {kt}")
         self.thread_rows = _blocks(self.disparities, self.kt)
         self.tile_step = 16 if self.variant == "tensor" else 8
         if max_tile is None and self.variant == "tensor":
             max_tile = GWC_TENSOR_TILE
-        self.max_tile = self._widest_tile() if max_tile is None else min(int(max_tile), self._widest_tile())
+        elif max_tile is not None and int(max_tile) < self.tile_step:
+            raise ValueError(f"the {self.variant} GWC kernel's tiles are multiples of {self.tile_step} columns, "
+                             f"got max_tile {max_tile}")
+        widest = self._widest_tile()
+        self.max_tile = widest if max_tile is None else min(int(max_tile) // self.tile_step * self.tile_step, widest)
         if self.max_tile < self.tile_step:
             raise ModelError(f"the GWC kernel's tiles need {self.shared_bytes(self.tile_step)} bytes of shared "
                              f"memory for {group_channels} channels per group and {disparities} disparities "
@@ -485,6 +492,9 @@ class GwcKernel:
         return (max(1, blocks),)
 
     def prepare(self, left, right, volume, groups: int, height: int, width: int) -> Launch:
+        for name, buf in (("left", left), ("right", right), ("volume", volume)):
+            if int(getattr(buf, "ptr", buf)) % 16:  # the kernels' 16-byte copies
+                raise CudaError(f"the GWC kernel needs its {name} buffer 16-byte aligned")
         tile = self.tile_for(width)
         return self.kernel(tile).prepare(self.grid(tile, groups, height, width), self.block(tile),
                                          (left, right, volume, groups, height, width))

@@ -69,8 +69,9 @@ def test_group_norm_kernel_is_bit_identical_to_numpy(stream, in_dtype):
 # copies), three tiles per row; the pipelined kernel also with a few blocks that each loop over
 # many items (both shared-memory stages reused) and with other splits of an item's fetch into copy groups
 # (one group; uneven channel ranges) and with 8 disparities per thread; the tensor kernel with one, two and
-# three k16 steps, D not a multiple of 8, and narrow tiles
+# three k16 steps, D of 1, below 8 and not a multiple of 8, and narrow tiles
 GWC_VARIANTS = {"tensor": {"variant": "tensor"}, "tensor, tile 32": {"variant": "tensor", "max_tile": 32},
+                "tensor, tile 16": {"variant": "tensor", "max_tile": 16},
                 "pipelined": {"variant": "pipelined"}, "pipelined, 3 blocks": {"variant": "pipelined", "max_blocks": 3},
                 "pipelined, 1 copy group": {"variant": "pipelined", "fetch_chunks": 1},
                 "pipelined, 3 copy groups, 3 blocks": {"variant": "pipelined", "fetch_chunks": 3, "max_blocks": 3},
@@ -105,6 +106,7 @@ def assert_volume(got, left, right, groups, disparities, out_dtype, variant):
     (28, 48, 13, 75, "tensor"), (28, 48, 5, 20, "tensor"), (8, 12, 7, 33, "tensor"), (28, 48, 3, 40, "tensor"),
     (28, 48, 4, 160, "tensor"), (28, 48, 3, 400, "tensor"), (40, 25, 3, 96, "tensor"),
     (28, 48, 3, 160, "tensor, tile 32"), (16, 104, 3, 136, "tensor, tile 32"), (28, 48, 5, 75, "tensor, tile 32"),
+    (8, 7, 3, 37, "tensor, tile 16"), (16, 9, 2, 64, "tensor"), (28, 1, 2, 24, "tensor"),
     (28, 48, 13, 75, "pipelined"), (28, 48, 13, 75, "pipelined, 3 blocks"), (28, 48, 5, 20, "pipelined"),
     (8, 12, 7, 33, "pipelined"), (28, 48, 3, 40, "pipelined"), (28, 48, 4, 160, "pipelined"),
     (28, 48, 4, 160, "pipelined, 3 blocks"),

@@ -152,6 +152,11 @@ def test_gwc_tiles_fit_static_shared_memory_and_cover_the_row(variant):
     assert gwc.shared_bytes(widest) <= kernels.STATIC_SHARED_LIMIT < gwc.shared_bytes(widest + gwc.tile_step)
     with pytest.raises(Exception, match="shared memory"):
         kernels.GwcKernel(400, 48, np.float16, variant=variant)
+    assert kernels.GwcKernel(28, 48, np.float16, variant=variant, max_tile=40).tile_for(1000) <= 40
+    with pytest.raises(ValueError, match="multiples of"):
+        kernels.GwcKernel(28, 48, np.float16, variant=variant, max_tile=4)
+    with pytest.raises(ValueError, match="disparities >= 1, got 28 and 0"):
+        kernels.GwcKernel(28, 0, np.float16, variant=variant)
 
 
 def test_gwc_kernel_shared_memory_is_what_the_host_computes():
