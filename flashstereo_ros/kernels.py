@@ -46,6 +46,7 @@ _CTYPES = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "u64": ctypes.c_uint64
 GWC_XT, GWC_KT = 8, 16  # columns (fixed) and disparities per thread of gwc.cu's register block
 GWC_BLOCKS_PER_SM = None  # blocks per multiprocessor of the persistent GWC kernel (None: as many as fit)
 GWC_FETCH_CHUNKS = 4  # copy groups (channel ranges) per item of the pipelined GWC kernel: docs/GPU.md
+TENSOR_CAPABILITY = (8, 0)  # mma.sync m16n8k16 (gwc_tensor.cu) needs sm_80+
 GWC_TENSOR_TILE = 80  # the tensor kernel's widest default tile: 6 blocks of 5 warps fit an SM (docs/GPU.md)
 GWC_KERNEL_ENV = "FLASHSTEREO_GWC_KERNEL"  # "tensor" or "pipelined": GwcKernel's variant
 STATIC_SHARED_LIMIT = 48 * 1024
@@ -474,7 +475,7 @@ class GwcKernel:
     def kernel(self, tile: int) -> Kernel:
         if tile not in self._kernels:
             capability = cuda.primary_context(self.device_id).compute_capability
-            if self.variant == "tensor" and capability < (8, 0):
+            if self.variant == "tensor" and capability < TENSOR_CAPABILITY:
                 raise BackendUnavailableError(
                     f"the tensor GWC kernel needs compute capability 8.0+ (this GPU has "
                     f"{capability[0]}.{capability[1]}); unset {GWC_KERNEL_ENV} or set it to 'pipelined'")
@@ -509,7 +510,7 @@ class GwcKernel:
 
 def default_gwc_variant(device_id: int = 0) -> str:
     """'tensor' where the tensor cores take mma.sync m16n8k16 (compute capability 8.0+), else 'pipelined'."""
-    return "tensor" if cuda.primary_context(device_id).compute_capability >= (8, 0) else "pipelined"
+    return "tensor" if cuda.primary_context(device_id).compute_capability >= TENSOR_CAPABILITY else "pipelined"
 
 
 def _odd_chunks(count: int, per: int) -> int:

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from flashstereo_ros import contract, cuda, gwc, kernels, synthetic  # noqa: E402
+from flashstereo_ros.tools.bench import volume_difference  # noqa: E402
 
 RESULTS: dict = {}
 
@@ -170,15 +171,14 @@ def gwc_sweep(shape=(1, 224, 120, 160), groups=8, disparities=48):
             volume.fill_nan_async(stream)
             launch.run(stream)
             got = volume.download(stream)
-            equal = bool(np.array_equal(got.view(np.uint16), expect.view(np.uint16)))
             ulps = np.abs(got.view(np.int16).astype(np.int32) - expect.view(np.int16).astype(np.int32))
             ms = event_median(stream, launch.run)
             threads = block[0] * block[1]
             row = {"variant": label, "tile": tile, "threads": threads, "grid": list(grid), **_func_info(kernel),
                    "blocks_per_sm": _occupancy(kernel, threads), "median_us": ms * 1e3,
                    "GB_per_s": nbytes / ms / 1e6, "fraction_of_copy": nbytes / ms / 1e6 / copy_rate,
-                   "equals_numpy": equal, "values_differing": int(np.count_nonzero(ulps)),
-                   "max_ulp": int(ulps.max()), "finite": bool(np.isfinite(got).all())}
+                   **volume_difference(got, expect), "max_ulp": int(ulps.max()),
+                   "finite": bool(np.isfinite(got).all())}
         except Exception as exc:  # a variant that does not build or launch is reported, not fatal
             row = {"variant": label, "error": str(exc)[:300]}
         rows.append(row)

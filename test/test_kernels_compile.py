@@ -162,13 +162,16 @@ def test_gwc_tiles_fit_static_shared_memory_and_cover_the_row(variant):
 def test_gwc_kernel_shared_memory_is_what_the_host_computes():
     """ptxas' own count of the static shared memory equals GwcKernel.shared_bytes (the host's tile choice)."""
     _nvrtc_usable()
-    def variant(*args, **kwargs):
-        return kernels.GwcKernel(*args, **{"variant": "pipelined", **kwargs})
+    def pipelined(*args, **kwargs):
+        return kernels.GwcKernel(*args, variant="pipelined", **kwargs)
 
-    cases = ((variant(28, 48, np.float16), 160), (variant(40, 104, np.float16), 88), (variant(8, 12, np.float32), 40),
-             (variant(28, 48, np.float16, kt=8), 72),
-             (variant(28, 48, np.float16, variant="tensor"), 160), (variant(28, 48, np.float32, variant="tensor"), 160),
-             (variant(40, 25, np.float16, variant="tensor"), 96), (variant(8, 104, np.float32, variant="tensor"), 32))
+    def tensor(*args):
+        return kernels.GwcKernel(*args, variant="tensor")
+
+    cases = ((pipelined(28, 48, np.float16), 160), (pipelined(40, 104, np.float16), 88),
+             (pipelined(8, 12, np.float32), 40), (pipelined(28, 48, np.float16, kt=8), 72),
+             (tensor(28, 48, np.float16), 160), (tensor(28, 48, np.float32), 160), (tensor(40, 25, np.float16), 96),
+             (tensor(8, 104, np.float32), 32))
     for gwc, tile in cases:
         ptx = kernels.compile_ptx(gwc.source, "compute_90", gwc.defines(tile))
         declared = sum(int(n) for n in re.findall(r"\.shared \.align \d+ \.b8 \S+\[(\d+)\]", ptx))
