@@ -449,6 +449,59 @@ def _micro() -> dict:
         stager.wait()
 
     res["stage both, pipeline._Stager"] = med(both_stager)
+    # both images in row bands over more threads: helpers (persistent, lock hand-over like _Stager) and this one
+    class BandWorker(_Stager):
+        def _run(self):
+            while True:
+                self._go.acquire()
+                jobs = self._job
+                if jobs is None:
+                    return
+                for dst, src in jobs:
+                    np.copyto(dst, src)
+                self._done.release()
+
+    for workers in (2, 4, 8):
+        helpers = [BandWorker() for _ in range(workers - 1)]
+        bands = np.array_split(np.arange(img.shape[0]), workers)
+
+        def both_banded(helpers=helpers, bands=bands):
+            state["i"] += 1
+            src = (imgs[state["i"] % 8], imgs[(state["i"] + 1) % 8])
+            per = [[(dst[b[0]:b[-1] + 1], s_[b[0]:b[-1] + 1]) for dst, s_ in zip((pinned.array, pinned2.array), src)]
+                   for b in bands]
+            for helper, jobs in zip(helpers, per[1:]):
+                helper._job = jobs
+                helper._go.release()
+            for dst, s_ in per[0]:
+                np.copyto(dst, s_)
+            for helper in helpers:
+                helper._done.acquire()
+
+        res[f"stage both, {workers} threads in row bands"] = med(both_banded)
+        for helper in helpers:
+            helper.close()
+    stream0 = cuda.Stream()
+    dev0, dev1 = cuda.DeviceBuffer(img.shape, np.uint8), cuda.DeviceBuffer(img.shape, np.uint8)
+
+    def pageable_upload():
+        state["i"] += 1
+        dev0.copy_from_host_async(imgs[state["i"] % 8], stream0)
+        dev1.copy_from_host_async(imgs[(state["i"] + 1) % 8], stream0)
+        stream0.synchronize()
+
+    def pinned_upload():
+        dev0.copy_from_host_async(pinned, stream0)
+        dev1.copy_from_host_async(pinned2, stream0)
+        stream0.synchronize()
+
+    def staged_upload():
+        both_stager()
+        pinned_upload()
+
+    res["upload both from pageable memory (driver staging), synchronized"] = med(pageable_upload)
+    res["upload both from pinned memory, synchronized"] = med(pinned_upload)
+    res["stage both (_Stager) + upload from pinned, synchronized"] = med(staged_upload)
     tiny = np.zeros(16, np.uint8)
     tiny_dst = np.zeros(16, np.uint8)
 

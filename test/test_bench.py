@@ -51,3 +51,19 @@ def test_gpu_extras_refused_on_cpu(capsys):
 def test_incomplete_arguments(argv, message, capsys):
     assert bench.main(argv + ["--device", "cpu"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_overhead_floor_adds_the_copies_to_the_frames_own_kernels():
+    row = bench.Row("c", "flash+graph", {"p50": 2.0, "p90": 2.1, "p99": 2.2}, 500.0,
+                    {"preprocess": 0.01, "feature": 0.7, "norm": 0.02, "gwc": 0.01, "post": 0.8, "postprocess": 0.0,
+                     "h2d": 0.3, "d2h": 0.05, "total": 1.9}, {}, {}, overhead_ms=0.5)
+    copies = {"upload_ms": 0.04, "upload_bytes": 1843200, "upload_GB_per_s": 46.08, "download_ms": 0.03,
+              "download_bytes": 1228800, "download_GB_per_s": 40.96}
+    floor = bench.overhead_floor(row, copies)
+    assert floor["kernels_ms"] == pytest.approx(0.04)  # the measured h2d/d2h stages are not counted twice
+    assert floor["floor_ms"] == pytest.approx(0.11)
+    assert floor["floor_share"] == pytest.approx(0.11 / 1.61)
+    assert floor["overhead_share"] == pytest.approx(0.25)
+    text = bench.format_extras({"copies": copies, "overhead_floor": floor})
+    assert "both images up 40.0 us (46.1 GB/s), disparity down 30.0 us (41.0 GB/s)" in text
+    assert "= 0.110 ms, 6.8% of a frame with these engines (1.50 ms); measured overhead 0.500 ms, 25.0%" in text

@@ -178,3 +178,13 @@ def test_frames_in_flight_on_two_streams_equal_one_at_a_time(models, resident, g
     assert len(outputs) == len(expected)
     for i, (got, want) in enumerate(zip(outputs, expected)):
         assert np.array_equal(got, want), f"frame {i}"
+
+
+def test_bench_times_the_frames_copies_alone():
+    from flashstereo_ros.tools import bench
+
+    left, right = PAIRS[0][1:]
+    copies = bench.transfer_floor(bench.Inputs([(left, right)], [None]), reps=20)
+    assert copies["upload_bytes"] == left.nbytes + right.nbytes
+    assert copies["download_bytes"] == SIZE[0] * SIZE[1] * 4
+    assert copies["upload_ms"] > 0 and copies["download_ms"] > 0

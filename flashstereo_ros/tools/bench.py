@@ -36,6 +36,7 @@ from .demo import BAD_PIXEL_THRESHOLD, read_rgb
 PERCENTILES = (50, 90, 99)
 PIPELINES = ("stock", "flash", "flash+graph", "cpu")
 ENGINE_STAGES = ("feature", "post")
+FLOOR_KERNEL_STAGES = ("preprocess", "norm", "gwc", "postprocess")  # the GPU-resident frame's own kernels
 KERNEL_BATCH = 20  # back-to-back launches per event pair, so the host launch gap stays hidden
 COPY_BYTES = 256 * 2**20
 THROUGHPUT_REPEATS = 3  # runs per throughput figure (median)
@@ -231,6 +232,53 @@ def kernel_roofline(feat: str, post: str, backend: str | None, reps: int) -> dic
     return result
 
 
+def transfer_floor(inputs: Inputs, reps: int) -> dict:
+    """The frame's host<->device copies alone (pinned memory, CUDA events, medians): both images up, the
+    float32 disparity down. With the frame's own kernel stages they bound the overhead from below."""
+    from .. import cuda
+
+    stream = cuda.Stream()
+    left, right = inputs.pairs[0]
+    sides = [(cuda.PinnedBuffer(img.shape, np.uint8), cuda.DeviceBuffer(img.shape, np.uint8)) for img in (left, right)]
+    for (pinned, _), img in zip(sides, (left, right)):
+        pinned.array[...] = img
+    disparity = (cuda.DeviceBuffer(left.shape[:2], np.float32), cuda.PinnedBuffer(left.shape[:2], np.float32))
+    start, end = cuda.Event(), cuda.Event()
+
+    def timed(issue) -> float:
+        times = []
+        for _ in range(reps):
+            start.record(stream)
+            issue()
+            end.record(stream)
+            end.synchronize()
+            times.append(start.elapsed_ms(end))
+        return float(np.median(times[reps // 10:]))
+
+    try:
+        upload_ms = timed(lambda: [dev.copy_from_host_async(pinned, stream) for pinned, dev in sides])
+        download_ms = timed(lambda: disparity[0].copy_to_host_async(disparity[1], stream))
+    finally:
+        for buf in (*(b for pair in sides for b in pair), *disparity):
+            buf.close()
+        stream.close()
+    upload_bytes, download_bytes = left.nbytes + right.nbytes, disparity[1].nbytes
+    return {"upload_ms": upload_ms, "upload_bytes": upload_bytes, "upload_GB_per_s": upload_bytes / upload_ms / 1e6,
+            "download_ms": download_ms, "download_bytes": download_bytes,
+            "download_GB_per_s": download_bytes / download_ms / 1e6}
+
+
+def overhead_floor(row: Row, copies: dict) -> dict:
+    """The least overhead a frame of `row` can have: its copies at the measured PCIe rate plus the device
+    work between them that is not an engine (each of which needs the step before it to finish)."""
+    kernels_ms = sum(row.stages_ms.get(s, 0.0) for s in FLOOR_KERNEL_STAGES)
+    floor = copies["upload_ms"] + copies["download_ms"] + kernels_ms
+    engines = sum(row.stages_ms.get(s, 0.0) for s in ENGINE_STAGES)
+    return {"pipeline": row.pipeline, "kernels_ms": kernels_ms, "floor_ms": floor,
+            "floor_share": floor / (engines + floor), "engines_ms": engines, "overhead_ms": row.overhead_ms,
+            "overhead_share": row.overhead_ms / row.latency_ms["p50"]}
+
+
 def volume_difference(got: np.ndarray, expect: np.ndarray) -> dict:
     """How a kernel's volume differs from gwc.gwc_volume's: bit-identical, values that differ, largest difference."""
     diff = np.abs(got.astype(np.float64) - expect.astype(np.float64))
@@ -369,6 +417,17 @@ def format_extras(extras: dict) -> str:
                      f"{gwc_row.get('values', 0)} values differ, by at most "
                      f"{gwc_row.get('max_abs_difference', 0):.3g}; 'rotating': {ROTATED_SETS} buffer sets, larger "
                      "than the L2 together")
+    if "copies" in extras:
+        c = extras["copies"]
+        lines.append(f"\nthe frame's copies alone (pinned, CUDA events): both images up {c['upload_ms'] * 1e3:.1f} us "
+                     f"({c['upload_GB_per_s']:.1f} GB/s), disparity down {c['download_ms'] * 1e3:.1f} us "
+                     f"({c['download_GB_per_s']:.1f} GB/s)")
+    if "overhead_floor" in extras:
+        f = extras["overhead_floor"]
+        lines.append(f"overhead floor ({f['pipeline']}): those copies + preprocess, norm, GWC and postprocess "
+                     f"({f['kernels_ms'] * 1e3:.1f} us) = {f['floor_ms']:.3f} ms, {f['floor_share'] * 100:.1f}% of a "
+                     f"frame with these engines ({f['engines_ms']:.2f} ms); measured overhead {f['overhead_ms']:.3f} ms, "
+                     f"{f['overhead_share'] * 100:.1f}% of the p50 latency")
     if "memory" in extras:
         m = extras["memory"]
         lines.append(f"\ndevice memory over {m['frames']} frames: pipeline holds {m['held_bytes'] / 2**20:.1f} MiB, "
@@ -483,6 +542,10 @@ def main(argv=None) -> int:
         extras = {}
         if args.kernels:
             extras["kernels"] = kernel_roofline(feat, post, args.backend, max(args.reps, 50))
+            extras["copies"] = transfer_floor(inputs, max(args.reps, 50))
+            resident = [r for r in rows if r.pipeline.startswith("flash") and r.overhead_ms is not None]
+            if resident:
+                extras["overhead_floor"] = overhead_floor(resident[-1], extras["copies"])
         if args.memory_frames:
             extras["memory"] = memory_over_frames(feat, post, args.backend, inputs, args.memory_frames, graph)
         if args.pipelined:
