@@ -2,7 +2,8 @@
 
 feature_runner: left, right (1,3,H,W) RGB 0..255 -> features_left_04/08/16/32, features_right_04, stem_2x
 GWC volume:     features_left_04, features_right_04 -> gwc_volume (1,G,D,H/4,W/4)
-post_runner:    the six feature outputs + gwc_volume -> disp (1,1,H,W), pixels
+post_runner:    gwc_volume + the feature outputs it uses (all six as exported; TensorRT and the legacy ONNX
+                exporter drop inputs a pruned model does not read) -> disp (1,1,H,W), pixels
 
 Sizes, channel counts and dtypes are read from the runners; only names and strides are fixed here.
 """
@@ -165,7 +166,8 @@ def check_contract(feature_io: tuple[Mapping[str, TensorSpec], Mapping[str, Tens
     config = config or ModelConfig()
     feat_in = _by_contract("feature_runner", "inputs", feature_io[0], FEATURE_INPUTS, config, exact=True)
     feat_out = _by_contract("feature_runner", "outputs", feature_io[1], FEATURE_OUTPUTS, config, exact=False)
-    post_in = _by_contract("post_runner", "inputs", post_io[0], POST_INPUTS, config, exact=True)
+    post_in = _by_contract("post_runner", "inputs", post_io[0], POST_INPUTS, config, exact=True,
+                           optional=FEATURE_OUTPUTS)
     post_out = _by_contract("post_runner", "outputs", post_io[1], POST_OUTPUTS, config, exact=False)
 
     left = feat_in[LEFT]
@@ -189,7 +191,7 @@ def check_contract(feature_io: tuple[Mapping[str, TensorSpec], Mapping[str, Tens
     if feat_out[FEATURES_RIGHT_04].shape != feat_out[FEATURES_LEFT_04].shape:
         raise ModelError("features_left_04 and features_right_04 differ in shape: "
                          f"{feat_out[FEATURES_LEFT_04].shape} vs {feat_out[FEATURES_RIGHT_04].shape}")
-    for name in FEATURE_OUTPUTS:
+    for name in (n for n in FEATURE_OUTPUTS if n in post_in):
         if post_in[name].shape != feat_out[name].shape:
             raise ModelError(f"post_runner input '{post_in[name].name}' has shape {post_in[name].shape} but "
                              f"feature_runner produces {feat_out[name].shape}: the engines were built for "
@@ -202,6 +204,9 @@ def check_contract(feature_io: tuple[Mapping[str, TensorSpec], Mapping[str, Tens
                          f"expected (1,G,D,{quarter[0]},{quarter[1]})")
     groups, disparities = volume.shape[1:3]
     channels = feat_out[FEATURES_LEFT_04].shape[1]
+    if min(groups, disparities, channels) < 1:
+        raise ModelError(f"post_runner input '{volume.name}' {volume.shape} and features_left_04 "
+                         f"{feat_out[FEATURES_LEFT_04].shape} need at least one group, disparity plane and channel")
     if channels % groups:
         raise ModelError(f"feature channels {channels} are not divisible by the volume's {groups} groups")
     if config.cv_group is not None and config.cv_group != groups:
@@ -223,9 +228,10 @@ def check_contract(feature_io: tuple[Mapping[str, TensorSpec], Mapping[str, Tens
 
 
 def _by_contract(runner: str, kind: str, present: Mapping[str, TensorSpec], wanted, config: ModelConfig,
-                 exact: bool) -> dict[str, TensorSpec]:
-    """Re-key a runner's tensors by contract name; inputs must match exactly, extra outputs are allowed."""
-    engine_names = {config.engine_name(n): n for n in wanted}
+                 exact: bool, optional=()) -> dict[str, TensorSpec]:
+    """Re-key a runner's tensors by contract name; inputs must match exactly, extra outputs are allowed, and
+    `optional` names may be absent."""
+    engine_names = {config.engine_name(n): n for n in wanted if n not in optional or config.engine_name(n) in present}
     missing = [name for name in engine_names if name not in present]
     if missing:
         raise ModelError(f"{runner} is missing {kind} {missing} (it has {sorted(present)}); "

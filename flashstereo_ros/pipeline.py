@@ -359,8 +359,9 @@ class FlashStereoPipeline(StereoPipelineBase):
         # a post input is the feature buffer itself unless its dtype differs (then a buffer + cast kernel)
         self.post_inputs: dict[str, cuda.DeviceBuffer] = {}
         self._casts: list[tuple[cuda.DeviceBuffer, cuda.DeviceBuffer]] = []
-        for name in contract.FEATURE_OUTPUTS:
-            spec = geo.post_inputs[name]
+        for name, spec in geo.post_inputs.items():
+            if name == contract.GWC_VOLUME:
+                continue
             if spec.dtype == self.features[name].dtype:
                 self.post_inputs[name] = self.features[name]
             else:

@@ -163,7 +163,7 @@ class StockPipeline(StereoPipelineBase):
                 pinned.array[...] = self.features_host[name].array  # astype on the host
         host["cast"] = time.perf_counter() - t
         ev["h2d_post"][0].record(s)
-        for name in contract.POST_INPUTS:
+        for name in self.post_dev:
             traffic.add_h2d(self.post_dev[name].copy_from_host_async(self.post_host[name], s))
         ev["h2d_post"][1].record(s)
         ev["post"][0].record(s)

@@ -1,7 +1,9 @@
 """Shared test setup: GPU tests (marked `gpu`) skip cleanly where CUDA or torch-with-CUDA is missing."""
 import os
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flashstereo_ros import resources
@@ -37,3 +39,18 @@ def standin_model_dir() -> Path:
     if not (folder / "feature_runner.pt2").is_file():
         pytest.skip(f"no feature_runner.pt2 in {folder} (set {MODELS_ENV})")
     return folder
+
+
+def post_model_without(folder: Path, name: str, value: np.ndarray) -> tuple[Path, Path]:
+    """The bundled 64x128 models in `folder`, the post_runner's input `name` turned into a constant holding
+    `value`, as TensorRT or the legacy ONNX exporter drop an input the model does not read."""
+    import onnx
+
+    src = resources.model_dir(64, 128)
+    for item in ("feature_runner.onnx", "onnx.yaml"):
+        shutil.copy(src / item, folder / item)
+    model = onnx.load(str(src / "post_runner.onnx"))
+    model.graph.input.remove(next(v for v in model.graph.input if v.name == name))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(value, name))
+    onnx.save(model, str(folder / "post_runner.onnx"))
+    return folder / "feature_runner.onnx", folder / "post_runner.onnx"

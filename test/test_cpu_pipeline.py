@@ -9,6 +9,8 @@ import yaml
 from flashstereo_ros import CpuStereoPipeline, resources, synthetic
 from flashstereo_ros.errors import ModelError, StereoInputError
 
+from conftest import post_model_without
+
 ACCURACY_SCENES = [("planes", 1), ("slanted", 2), ("occlusion", 3), ("mixed", 4)]
 MAE_BOUND_PX, BAD_PX, GOOD_FRACTION = 1.0, 3.0, 0.90
 
@@ -157,6 +159,27 @@ def test_onnx_yaml_that_disagrees_with_the_engine(tmp_path):
     (tmp_path / "onnx.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ModelError, match="max_disp=256 disagrees"):
         CpuStereoPipeline(feat, post)
+
+
+def test_a_post_engine_without_a_feature_input_it_does_not_read_runs(tmp_path, small_pipe):
+    """TensorRT and the legacy ONNX exporter drop inputs a pruned post stage does not read: such an engine
+    gets the feature outputs it declares. Here features_left_32 becomes a constant holding this scene's
+    values, so the output must equal the full model's bit for bit."""
+    scene = synthetic.make_scene("planes", 64, 128, seed=5)
+    expected = small_pipe.infer(scene.left, scene.right)
+    pruned = CpuStereoPipeline(*post_model_without(tmp_path, "features_left_32",
+                                                   small_pipe.buffers["features_left_32"].copy()))
+    try:
+        assert "features_left_32" not in pruned.geometry.post_inputs
+        assert np.array_equal(pruned.infer(scene.left, scene.right), expected)
+    finally:
+        pruned.close()
+
+
+def test_a_post_engine_without_the_volume_is_refused(tmp_path, small_pipe):
+    volume = np.zeros(small_pipe.geometry.post_inputs["gwc_volume"].shape, small_pipe.geometry.volume_dtype)
+    with pytest.raises(ModelError, match=r"post_runner is missing inputs \['gwc_volume'\]"):
+        CpuStereoPipeline(*post_model_without(tmp_path, "gwc_volume", volume))
 
 
 def test_stages_swapped(tmp_path):

@@ -23,6 +23,8 @@ from flashstereo_ros import contract, cuda, depth, gwc, images, kernels, resourc
 from flashstereo_ros.depth import DepthLimits, StereoCamera
 from flashstereo_ros.errors import StereoInputError
 
+from conftest import post_model_without
+
 pytestmark = pytest.mark.skipif(cuda.driver is None or importlib.util.find_spec("onnxruntime") is None,
                                 reason="needs cuda-python (for its enums and NVRTC) and onnxruntime")
 
@@ -476,6 +478,23 @@ def test_stock_pipeline_bounces_through_the_host_and_agrees(emulated, cpu_pipe):
     finally:
         pipe.close()
         resident.close()
+
+
+def test_a_post_engine_without_a_feature_input_is_served_the_others(emulated, cpu_pipe, tmp_path):
+    s = scene(seed=5)
+    expected = cpu_pipe.infer(s.left, s.right)
+    models = post_model_without(tmp_path, "features_left_32", cpu_pipe.buffers["features_left_32"].copy())
+    from flashstereo_ros.pipeline import FlashStereoPipeline
+    from flashstereo_ros.stock import StockPipeline
+
+    resident, stock = FlashStereoPipeline(*models), StockPipeline(*models)
+    try:
+        assert np.array_equal(resident.infer(s.left, s.right), expected)
+        assert np.array_equal(stock.infer(s.left, s.right), expected)
+        assert stock.traffic["h2d_count"] == 2 + 2 + 6  # images, normalised features, the post stage's inputs
+    finally:
+        resident.close()
+        stock.close()
 
 
 def test_camera_size_other_than_engine_size_is_resized_both_ways(emulated, cpu_pipe):
