@@ -44,11 +44,13 @@ class RateMeter:
         self._times: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
         self.count = 0
+        self._last: float | None = None  # kept past the window: how long a topic has been quiet
 
     def tick(self, now: float) -> None:
         with self._lock:
             self._times.append(now)
             self.count += 1
+            self._last = now
             self._trim(now)
 
     def rate(self, now: float) -> float:
@@ -60,8 +62,9 @@ class RateMeter:
             return (len(self._times) - 1) / span if span > 0 else 0.0
 
     def last(self) -> float | None:
+        """When the newest event came (however long ago), None before the first."""
         with self._lock:
-            return self._times[-1] if self._times else None
+            return self._last
 
     def _trim(self, now: float) -> None:
         while self._times and now - self._times[0] > self.window_s:

@@ -15,6 +15,7 @@ import argparse
 import collections
 import dataclasses
 import os
+import re
 import sys
 import threading
 import time
@@ -61,6 +62,7 @@ DIAGNOSTICS_PERIOD_S = 1.0
 QOS_CHECK_PERIOD_S = 1.0
 NO_INPUT_WARN_S = 3.0  # publishers exist but nothing arrived for this long: say so
 LOG_THROTTLE_S = 5.0  # the same problem is logged at most this often
+NUMBER = re.compile(r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?")  # measurements in a problem's message
 PROBLEM_HOLD_S = 5.0  # a problem stays in the diagnostics this long after it was last seen
 DISPARITY_DELTA_D = 1.0 / 16.0  # sub-pixel step, as stereo_image_proc; the network's output is float32
 CLOCK_MISMATCH_S = 3600.0  # stamps this far from the node clock come from another clock: no latency
@@ -277,28 +279,35 @@ class FlashStereoNode(Node):
     def _on_synchronized(self, left, left_info, right, right_info) -> None:
         now = time.monotonic()
         self._synchronized.tick(now)
-        _, switched = self._info_mode.full_set(left, now)
+        newest, switched = self._info_mode.full_set(left, now)
         if switched:
-            self.get_logger().info("CameraInfos come with the images' stamps again: matching them by stamp")
+            self._log_info_mode(newest, left)
         self._hand_over((left, left_info, right, right_info))  # in either mode (a pair is processed once)
 
     def _on_image_pair(self, left, right) -> None:
         """An image pair; used with the newest CameraInfos while most pairs get no infos of their stamps."""
         newest, switched = self._info_mode.image_pair(left, time.monotonic())
+        if switched:
+            self._log_info_mode(newest, left)
         if not newest:
             return
         left_info, right_info = self._inputs[LEFT_INFO].latest, self._inputs[RIGHT_INFO].latest
         if left_info is None or right_info is None:
             return  # never had one: the diagnostics say which is missing
-        if switched:
-            self.get_logger().info(
-                f"CameraInfos do not come with the images' stamps (latched or static calibration, stamped "
-                f"differently, or slower than the images): using the newest CameraInfo of each side (stamps "
-                f"{stamp_text(stamp_ns(left_info))}, {stamp_text(stamp_ns(right_info))}; image "
-                f"{stamp_text(stamp_ns(left))})")
         self._newest_info_pairs += 1
         self._newest_info_used.tick(time.monotonic())
         self._hand_over((left, left_info, right, right_info))
+
+    def _log_info_mode(self, newest: bool, left) -> None:
+        if not newest:
+            self.get_logger().info("CameraInfos come with the images' stamps again: matching them by stamp")
+            return
+        infos = [self._inputs[i].latest for i in (LEFT_INFO, RIGHT_INFO)]
+        stamps = ", ".join("none received yet" if info is None else stamp_text(stamp_ns(info)) for info in infos)
+        self.get_logger().info(
+            f"CameraInfos do not come with the images' stamps (latched or static calibration, stamped differently, "
+            f"or slower than the images): using the newest CameraInfo of each side (stamps {stamps}; image "
+            f"{stamp_text(stamp_ns(left))})")
 
     def _hand_over(self, pair: tuple) -> None:
         """To the worker, once per left image; replaces (drops) an older pair the worker has not taken yet."""
@@ -339,11 +348,12 @@ class FlashStereoNode(Node):
 
     # ---- problems ----------------------------------------------------------------------------------
     def _problem(self, key: str, level: int, message: str, per_key: bool = False) -> None:
-        """Into the diagnostics (held PROBLEM_HOLD_S) and the log, throttled per distinct message (per key when
-        the message carries measurements that change every time)."""
+        """Into the diagnostics (held PROBLEM_HOLD_S) and the log, throttled per key and kind of message: the
+        message with its numbers masked, so sizes or values that change every frame do not make it new (per key
+        alone when even its words change)."""
         now = time.monotonic()
         self._problems.report(key, level, message, now)
-        if self._log_throttle.ready(key if per_key else f"{key}|{message}", now):
+        if self._log_throttle.ready(key if per_key else f"{key}|{NUMBER.sub('#', message)}", now):
             # two call sites: rclpy refuses one call site logging at two severities
             if level >= ERROR:
                 self.get_logger().error(f"{key}: {message}")

@@ -105,6 +105,12 @@ def test_camera_infos_stamped_differently_from_the_images_are_used(ros, tmp_path
                               right_info_offset_ns=500_000_000, infos=infos)
         assert cloud is not None, stereo.log()
         assert "do not come with the images' stamps" in stereo.log()
+        # infos stamped like the images again: matched by stamp, and said so after (never before) the switch away
+        again = "come with the images' stamps again"
+        stream_images(node, executor, client, lambda: again in stereo.log(), 15.0, right_info_offset_ns=0,
+                      infos=infos)
+        modes = [line for line in stereo.log().splitlines() if "with the images' stamps" in line]
+        assert len(modes) == 2 and "do not come" in modes[0] and again in modes[1], modes
     finally:
         code = stereo.stop()
     assert code == 0

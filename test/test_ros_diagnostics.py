@@ -29,6 +29,13 @@ def test_rate_meter_counts_events_in_its_window():
     assert meter.rate(120.0) == 0.0 and meter.count == 51
 
 
+def test_rate_meter_remembers_the_last_event_past_its_window():
+    meter = RateMeter(window_s=5.0)
+    assert meter.last() is None
+    meter.tick(100.0)
+    assert meter.rate(160.0) == 0.0 and meter.last() == 100.0  # quiet for 60 s, not since the start
+
+
 def test_throttle_is_per_key():
     throttle = Throttle(5.0)
     assert throttle.ready("a", 0.0) and not throttle.ready("a", 4.9) and throttle.ready("a", 5.0)
