@@ -71,7 +71,7 @@ class ModelConfig:
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        except Exception as exc:  # OSError, YAMLError, UnicodeDecodeError, ValueError (an int of > 4300 digits)...
             raise ModelError(f"cannot read model config {path} ({exc}): it must be a UTF-8 YAML mapping; fix it, "
                              "or remove it to take every value from the engines (it is optional)") from exc
         if not isinstance(data, dict):
@@ -98,7 +98,10 @@ class ModelConfig:
     def beside(cls, *model_paths: str | Path) -> "ModelConfig":
         """The onnx.yaml next to the model files (or one folder up, as engine builds lay them out)."""
         for model in model_paths:
-            folder = Path(model).resolve().parent
+            try:
+                folder = Path(model).resolve().parent
+            except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+                raise ModelError(f"model path {model} cannot be resolved ({exc}): fix or replace the link") from exc
             for candidate in (folder / CONFIG_FILE, folder.parent / CONFIG_FILE):
                 if candidate.is_file():
                     return cls.load(candidate)

@@ -64,7 +64,7 @@ class CpuStereoPipeline(StereoPipelineBase):
         left, right, enc_left, enc_right = images.check_pair(left, right, encoding, right_encoding)
         size = left.shape[:2]
         images.check_size(size, self.input_size, self.resize)
-        check_request(size, camera, want_depth, want_points, points_stride)  # before the engines run
+        check_request(size, camera, want_depth, want_points, points_stride, limits)  # before the engines run
         with self._lock:
             self._check_open()
             return self._frame(left, right, enc_left, enc_right, size, camera, limits, want_depth, want_points,

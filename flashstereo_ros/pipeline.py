@@ -817,6 +817,6 @@ class _TorchGraph:
 def make_plan(size, encodings, camera: StereoCamera | None, limits: DepthLimits, want_depth: bool,
               want_points: bool, points_stride: int) -> FramePlan:
     """Validate a frame's options (as every pipeline does) and freeze them."""
-    check_request(size, camera, want_depth, want_points, points_stride)
+    check_request(size, camera, want_depth, want_points, points_stride, limits)
     return FramePlan(tuple(size), tuple(encodings), camera, limits, bool(want_depth), bool(want_points),
                      int(points_stride) if want_points else 1)

@@ -104,10 +104,12 @@ class OnnxRuntimeRunner:
             raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime") from exc
         self.memory = memory
         self._device_id = device_id
+        self._path = path
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        options.log_severity_level = 3
+        # 4 = fatal only: ORT logs a failed load or run at 3 (error) on stderr, and we raise it as ModelError
+        options.log_severity_level = 4
         if memory == DEVICE:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendUnavailableError("this onnxruntime has no CUDA execution provider; install "
@@ -145,7 +147,10 @@ class OnnxRuntimeRunner:
         missing = [n for n in list(self.inputs) + list(self.outputs) if n not in self._bound]
         if missing:
             raise ModelError(f"tensors {missing} were never bound")
-        self.session.run_with_iobinding(self._binding)
+        try:
+            self.session.run_with_iobinding(self._binding)
+        except Exception as exc:  # ORT's own types (e.g. an output whose computed shape is not the declared one)
+            raise ModelError(f"ONNX Runtime failed running '{self._path}': {exc}") from exc
 
     def device_bytes(self) -> int:
         return 0
@@ -192,26 +197,47 @@ class TorchRunner:
         if move is not None:
             program = move(program, self._device)
         self._module = program.module().to(self._device)
-        signature = program.graph_signature
         nodes = {node.name: node for node in program.graph.nodes}
-        inputs = [(name, nodes[name].meta["val"]) for name in signature.user_inputs]
+        inputs = [(str(name), self._tensor_value(path, f"input '{name}'", nodes.get(name, name)))
+                  for name in program.graph_signature.user_inputs]
         output_node = next(node for node in program.graph.nodes if node.op == "output")
-        values = [arg.meta["val"] for arg in output_node.args[0]]
-        names_json = extra[contract.IO_NAMES_FILE]
-        names = json.loads(names_json).get("outputs") if names_json else None
-        if names is None:
-            names = self._contract_output_names(path, len(values))
+        values = [self._tensor_value(path, f"output {i}", arg) for i, arg in enumerate(output_node.args[0])]
+        names = self._output_names(path, extra[contract.IO_NAMES_FILE], len(values), [n for n, _ in inputs])
+        for name, value in inputs + list(zip(names, values)):
+            _static(path, name, tuple(value.shape))  # a SymInt dimension is dynamic: refuse it, as for ONNX
         self.inputs = _specs((n, v.shape, self._numpy_dtype(path, n, v)) for n, v in inputs)
         self.outputs = _specs((n, v.shape, self._numpy_dtype(path, n, v)) for n, v in zip(names, values))
         self._tensors: dict[str, object] = {}
         self._streams: dict[int, object] = {}
 
+    def _tensor_value(self, path: Path, what: str, node):
+        """The example tensor torch.export recorded for a graph input/output; ModelError for a non-tensor
+        (a constant int input, an int or None output), which the pipeline has no buffer for."""
+        value = node.meta.get("val") if hasattr(node, "meta") else node
+        if not isinstance(value, self._torch.Tensor):
+            raise ModelError(f"'{path}' {what} is not a tensor ({type(value).__name__}); export a program whose "
+                             "inputs and outputs are all tensors")
+        return value
+
     @staticmethod
-    def _contract_output_names(path: Path, count: int) -> list[str]:
-        for names in (contract.FEATURE_OUTPUTS, contract.POST_OUTPUTS):
-            if len(names) == count:
-                return list(names)
-        raise ModelError(f"'{path.name}' has {count} outputs and no {contract.IO_NAMES_FILE} naming them")
+    def _output_names(path: Path, text: str, count: int, input_names: list[str]) -> list[str]:
+        """The output names from the archive's flashstereo_io.json, else the contract's names by count."""
+        try:
+            names = json.loads(text).get("outputs") if text else None
+        except (ValueError, AttributeError) as exc:  # not JSON, or JSON that is not an object
+            raise ModelError(f"'{path}' {contract.IO_NAMES_FILE} must be a JSON object {{\"outputs\": [names]}} "
+                             f"({exc}); re-export the program") from exc
+        if names is None:
+            for names in (contract.FEATURE_OUTPUTS, contract.POST_OUTPUTS):
+                if len(names) == count:
+                    return list(names)
+            raise ModelError(f"'{path.name}' has {count} outputs and no {contract.IO_NAMES_FILE} naming them")
+        # names are the buffer keys: one distinct string per output (zip would drop the extra outputs)
+        if (not isinstance(names, list) or len(names) != count or not all(isinstance(n, str) for n in names)
+                or len(set(names)) != count or set(names) & set(input_names)):
+            raise ModelError(f"'{path}' {contract.IO_NAMES_FILE} outputs {names!r} must be {count} distinct "
+                             f"strings, one per program output, none an input's name; re-export the program")
+        return names
 
     @staticmethod
     def _numpy_dtype(path: Path, name: str, value):

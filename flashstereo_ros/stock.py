@@ -112,7 +112,7 @@ class StockPipeline(StereoPipelineBase):
         left, right, enc_left, enc_right = images.check_pair(left, right, encoding, right_encoding)
         size = tuple(left.shape[:2])
         images.check_size(size, self.input_size, self.resize)
-        check_request(size, camera, want_depth, want_points, points_stride)  # before the engines run
+        check_request(size, camera, want_depth, want_points, points_stride, limits)  # before the engines run
         with self._lock:
             self._check_open()
             self._ctx.make_current()

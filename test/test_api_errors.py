@@ -51,6 +51,7 @@ def test_gpu_pipelines_check_the_input_size_before_any_cuda_call(monkeypatch, cl
     (b"max_disp: 192.5\n", "onnx.yaml: malformed value \\(max_disp must be an integer, got 192.5\\)"),
     (b"image_size: 64x128\n", "onnx.yaml: malformed value \\(image_size must be \\[height, width\\]"),
     (b"tensor_names: {1: x, gwc_volume: y}\n", "onnx.yaml: tensor_names must map contract names"),
+    (b"max_disp: " + b"9" * 5001 + b"\n", "cannot read model config .*onnx.yaml .*4300 digits"),
 ])
 def test_broken_onnx_yaml_is_a_model_error_naming_the_file(tmp_path, content, message):
     (tmp_path / "onnx.yaml").write_bytes(content)
@@ -66,11 +67,20 @@ def test_binary_onnx_yaml_beside_the_models_is_a_model_error(tmp_path):
         CpuStereoPipeline(tmp_path / SMALL_MODELS[0].name, tmp_path / SMALL_MODELS[1].name)
 
 
+def test_model_path_in_a_symlink_loop_is_a_model_error_naming_it(tmp_path):
+    loop = tmp_path / "feature_runner.onnx"
+    loop.symlink_to(loop)
+    with pytest.raises(ModelError, match="feature_runner.onnx cannot be resolved"):
+        ModelConfig.beside(loop, SMALL_MODELS[1])
+
+
 @pytest.mark.parametrize("options, message", [
     ({"camera": "front"}, "camera must be a StereoCamera"),
     ({"want_depth": True}, "need the stereo camera"),
     ({"camera": "small", "want_points": True, "points_stride": 2.5}, "integer >= 1"),
     ({"camera": "small", "want_points": True, "points_stride": 0}, "integer >= 1"),
+    ({"camera": "small", "want_points": True, "points_stride": 10**30}, "integer >= 1 and <= 2147483647"),
+    ({"camera": "small", "limits": None}, "limits must be a DepthLimits"),
     ({"camera": "other size"}, "does not match the camera"),
 ])
 def test_output_requests_are_checked_before_the_frame_runs(options, message):
@@ -89,3 +99,16 @@ def test_output_requests_are_checked_before_the_frame_runs(options, message):
     with pytest.raises(StereoInputError, match=message):
         pipe.process(scene.left, scene.right, **options)
     assert pipe.infer(scene.left, scene.right).shape == (64, 128)
+
+
+@pytest.mark.parametrize("limits", [None, "0.5 20"])
+def test_limits_that_are_not_depth_limits_are_an_input_error(limits):
+    from flashstereo_ros import synthetic
+    from flashstereo_ros.depth import StereoCamera
+
+    camera = StereoCamera.from_projections([100.0, 0, 64, 0, 0, 100, 32, 0, 0, 0, 1, 0],
+                                           [100.0, 0, 64, -10, 0, 100, 32, 0, 0, 0, 1, 0], 128, 64)
+    scene = synthetic.make_scene("planes", 64, 128, seed=2)
+    pipe = CpuStereoPipeline(*SMALL_MODELS)
+    with pytest.raises(StereoInputError, match="limits must be a DepthLimits"):
+        pipe.process(scene.left, scene.right, camera=camera, limits=limits, want_depth=True)

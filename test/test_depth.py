@@ -78,3 +78,57 @@ def test_offset_is_subtracted_from_published_disparity():
     out = depth.outputs_from_disparity(raw, np.zeros((4, 8, 3), np.uint8), "rgb8", cam,
                                        depth.DepthLimits(), want_depth=True, want_points=False, points_stride=1)
     assert np.all(out.disparity == 25.0) and np.all(out.depth == 1.0) and out.points is None
+
+
+def test_projection_matrices_must_have_twelve_elements():
+    with pytest.raises(StereoInputError, match="P must have 12 elements \\(3x4\\), got 9"):
+        depth.StereoCamera.from_projections(np.zeros(9), np.zeros(9), 8, 4)
+
+
+def test_baseline_that_vanishes_in_float32_is_refused():
+    # T = 1e-302 m is positive, but f*T rounds to 0 in float32: every depth would be 0 m
+    with pytest.raises(StereoInputError, match="is 0.0 in float32"):
+        depth.StereoCamera.from_projections([100.0, 0, 4, 0, 0, 110, 2, 0, 0, 0, 1, 0],
+                                            [100.0, 0, 4, -1e-300, 0, 110, 2, 0, 0, 0, 1, 0], 8, 4)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"fx": np.nan}, "finite"), ({"cx": np.inf}, "finite"), ({"fx": 10**400}, "finite"), ({"fy": -1.0}, "focal length must be positive"),
+    ({"baseline_m": -0.1}, "baseline must be positive"), ({"width": 0}, "width must be an integer >= 1"),
+    ({"height": 4.5}, "height must be an integer >= 1"),
+])
+def test_camera_built_directly_is_checked(changes, message):
+    values = dict(fx=100.0, fy=110.0, cx=4.0, cy=2.0, baseline_m=0.25, cx_offset=0.0, width=8, height=4)
+    assert depth.StereoCamera(**values) == camera()
+    with pytest.raises(StereoInputError, match=message):
+        depth.StereoCamera(**{**values, **changes})
+
+
+@pytest.mark.parametrize("limits, message", [
+    ((0.0, 10.0, 1.0), "max_depth \\(1.0\\) must be a number above min_depth \\(10.0\\)"),
+    ((0.0, 1.0, 1.0), "must be a number above"),
+    ((0.0, 0.0, np.nan), "must be a number above"),
+    ((0.0, 0.0, "20"), "must be a number above"),
+    ((0.0, -1.0, 10.0), "min_depth >= 0"),
+    ((0.0, np.inf, np.inf), "must be finite numbers"),
+    ((np.nan, 0.0, 10.0), "must be finite numbers"),
+    (("0", "0.5", "20"), "must be finite numbers"),
+])
+def test_depth_limits_are_checked(limits, message):
+    with pytest.raises(StereoInputError, match=message):
+        depth.DepthLimits(*limits)
+
+
+def test_depth_limits_allow_no_far_limit_and_a_negative_min_disparity():
+    assert depth.DepthLimits(-0.5, 0.0, np.inf).max_depth == np.inf
+
+
+def test_request_checks_limits_and_bounds_the_points_stride():
+    cam = camera()
+    depth.check_request((4, 8), cam, True, True, 8, depth.DepthLimits())
+    with pytest.raises(StereoInputError, match="limits must be a DepthLimits, got NoneType"):
+        depth.check_request((4, 8), cam, True, False, 1, None)
+    depth.check_request((4, 8), cam, False, True, 64)  # past the image: one point, as the node allows
+    for stride in (2**31, 10**30):  # the kernels take an int32
+        with pytest.raises(StereoInputError, match="<= 2147483647"):
+            depth.check_request((4, 8), cam, False, True, stride)

@@ -247,3 +247,100 @@ def test_tensorrt_refusals_at_run_time_name_the_call(engine_file, monkeypatch):
     with pytest.raises(CudaError, match="execute_async_v3 failed: enqueue: an operation not permitted") as info:
         runner.enqueue(7)
     assert "old warning" not in str(info.value)  # only what the failing call said
+
+
+def test_onnx_model_that_fails_while_running_is_a_model_error_without_ort_log_lines(tmp_path, capfd):
+    from onnx import TensorProto, helper, save
+
+    # declared output (1,1,2,2), but ConstantOfShape computes the shape the input asks for
+    graph = helper.make_graph([helper.make_node("ConstantOfShape", ["s"], ["y"])], "g",
+                              [helper.make_tensor_value_info("s", TensorProto.INT64, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 2, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save(model, tmp_path / "post_runner.onnx")
+    runner = runners.open_runner(tmp_path / "post_runner.onnx")
+    shape, disp = np.array([1, 1, 4, 4], np.int64), np.zeros((1, 1, 2, 2), np.float32)
+    runner.bind("s", shape.ctypes.data)
+    runner.bind("y", disp.ctypes.data)
+    capfd.readouterr()
+    with pytest.raises(ModelError, match="ONNX Runtime failed running '.*post_runner.onnx'.*ConstantOfShape"):
+        runner.enqueue(0)
+    assert "onnxruntime" not in capfd.readouterr().err  # the error is ours to report, once
+
+
+torch_only = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """TorchRunner's loading on a machine without CUDA: torch 'sees' a device and moving modules is a no-op."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *args, **kwargs: self)
+
+
+@pytest.fixture(scope="module")
+def two_output_program():
+    import torch
+
+    class TwoOutputs(torch.nn.Module):
+        def forward(self, left, right):
+            return left * 2, right + 1
+
+    image = torch.zeros(1, 3, 64, 128)
+    return torch.export.export(TwoOutputs(), (image, image))
+
+
+@torch_only
+@pytest.mark.parametrize("names_json", [
+    "{not json", "[1, 2]", '{"outputs": 5}', '{"outputs": ["a"]}', '{"outputs": ["a", "b", "c"]}',
+    '{"outputs": [1, 2]}', '{"outputs": ["a", "a"]}', '{"outputs": ["left", "b"]}',
+])
+def test_pt2_with_a_malformed_io_names_file_is_a_model_error(tmp_path, fake_cuda, two_output_program, names_json):
+    import torch
+
+    path = tmp_path / "feature_runner.pt2"
+    torch.export.save(two_output_program, str(path), extra_files={"flashstereo_io.json": names_json})
+    with pytest.raises(ModelError, match=r"feature_runner.pt2' flashstereo_io.json"):
+        runners.TorchRunner(path)
+
+
+@torch_only
+def test_pt2_io_names_file_names_the_outputs(tmp_path, fake_cuda, two_output_program):
+    import torch
+
+    path = tmp_path / "feature_runner.pt2"
+    torch.export.save(two_output_program, str(path), extra_files={"flashstereo_io.json": '{"outputs": ["a", "b"]}'})
+    runner = runners.TorchRunner(path)
+    assert list(runner.inputs) == ["left", "right"] and list(runner.outputs) == ["a", "b"]
+    assert runner.outputs["b"].shape == (1, 3, 64, 128) and runner.outputs["b"].dtype == np.float32
+
+
+@torch_only
+@pytest.mark.parametrize("kind", ["int output", "int input", "dynamic size"])
+def test_pt2_without_fixed_size_tensor_io_is_a_model_error(tmp_path, fake_cuda, kind):
+    import torch
+
+    class IntOutput(torch.nn.Module):
+        def forward(self, left, right):
+            return left * 2, left.shape[2]
+
+    class IntInput(torch.nn.Module):
+        def forward(self, left, right, scale: int = 1):
+            return left * scale, right * scale
+
+    image, extra = torch.zeros(1, 3, 64, 128), {"flashstereo_io.json": '{"outputs": ["a", "b"]}'}
+    if kind == "int output":
+        program, message = torch.export.export(IntOutput(), (image, image)), "output 1 is not a tensor \\(int\\)"
+    elif kind == "int input":
+        program, message = torch.export.export(IntInput(), (image, image, 3)), "input '3' is not a tensor \\(int\\)"
+    else:
+        height = torch.export.Dim("height", min=32, max=1024)
+        program = torch.export.export(IntInput(), (image, image), dynamic_shapes=({2: height}, {2: height}))
+        message = "tensor 'left' has dynamic shape"
+    path = tmp_path / "feature_runner.pt2"
+    torch.export.save(program, str(path), extra_files=extra)
+    with pytest.raises(ModelError, match=message):
+        runners.TorchRunner(path)
