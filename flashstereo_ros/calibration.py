@@ -1,6 +1,7 @@
 """Calibration data for the INT8 builds: stereo pair sets on disk, and post_runner input tensors (.npz).
 
-Pair set layout (the Middlebury 2014 per-scene layout, resized to the engine size):
+Pair set layout (the Middlebury 2014 per-scene layout, resized by the download tool to --height x --width,
+which must be the engine size):
 
     <dir>/<scene>/im0.png   left, RGB PNG, H x W of the engine
     <dir>/<scene>/im1.png   right, same size

@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -52,6 +51,7 @@ FP16_MIN_OPSET = 19  # QuantizeLinear/DequantizeLinear accept float16 scales fro
 QDQ_MIN_OPSET = 13  # per-channel (axis) Q/DQ
 CACHE_FORMAT = "flashstereo-int8-calibration"
 CACHE_VERSION = 1
+PROTOBUF_LIMIT = onnx.checker.MAXIMUM_PROTOBUF  # a model above it cannot be one file: its weights go beside it
 _ONNX_TO_NUMPY = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
 
 
@@ -76,39 +76,120 @@ class QuantSettings:
 
 # ------------------------------------------------------------------------------------------ models
 
+def _sha256(paths: Iterable[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return _sha256([Path(path)])
 
 
-def load_model(path: str | Path) -> onnx.ModelProto:
+def model_sha256(path: str | Path) -> str:
+    """sha256 of a model file and its external-data files (new weights can leave the .onnx, which holds only
+    their offsets, byte for byte the same); for a self-contained model, the file's sha256."""
+    return _sha256([Path(path), *external_data_files(path)])
+
+
+def load_model(path: str | Path, weights: bool = True) -> onnx.ModelProto:
+    """The model at `path`; with weights=False, without the tensors stored in external-data files."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"ONNX model not found: {path}")
     try:
-        return onnx.load(str(path))
+        return onnx.load(str(path), load_external_data=weights)
     except Exception as exc:  # onnx raises DecodeError and others for files that are not ONNX
         raise ModelError(f"{path} is not a readable ONNX model: {exc}") from exc
 
 
-def _value_spec(value: onnx.ValueInfoProto, path: Path) -> TensorSpec:
+def _external_locations(model: onnx.ModelProto) -> list[str]:
+    """Where the weights (initializers) of a model loaded with weights=False are, relative to its folder."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    return sorted({ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)})
+
+
+def external_data_files(path: str | Path) -> list[Path]:
+    """The external-data files of a model (torch.onnx.export(..., dynamo=True) writes <name>.onnx.data)."""
+    path = Path(path)
+    return [path.parent / location for location in _external_locations(load_model(path, weights=False))]
+
+
+def model_files(path: str | Path) -> tuple[Path, Path]:
+    """A model written by save_model and the external-data file it may have beside it."""
+    path = Path(path)
+    return path, path.with_name(f"{path.name}.data")
+
+
+def save_model(model: onnx.ModelProto, path: str | Path, external: bool = False) -> Path:
+    """Write a model; its weights go to <name>.data beside it (and `model` then refers to that file) when asked
+    (the model it came from had external data) or when it is too large for one protobuf. ONNX Runtime finds
+    them from the model's own folder."""
+    path, data = model_files(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (path, data):
+        stale.unlink(missing_ok=True)  # onnx appends to an existing data file
+    if external or model.ByteSize() > PROTOBUF_LIMIT:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name)
+    else:
+        onnx.save(model, str(path))
+    return path
+
+
+def _stage_copy(model: onnx.ModelProto, folder: str | Path) -> Path:
+    """`model` (loaded with its weights) as <folder>/model.onnx with its weights beside it: ONNX Runtime's
+    quantization tools write shape-inferred copies next to the model they read, and find external data only
+    in the model's own folder."""
+    return save_model(model, Path(folder) / "model.onnx", external=True)
+
+
+def _declared_shape(value: onnx.ValueInfoProto) -> tuple[int, ...]:
+    return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim)
+
+
+def _value_spec(value: onnx.ValueInfoProto, path: Path, shape: tuple[int, ...]) -> TensorSpec:
     tensor = value.type.tensor_type
     if tensor.elem_type not in _ONNX_TO_NUMPY:
         raise ModelError(f"{path.name}: tensor '{value.name}' has element type "
                          f"{onnx.TensorProto.DataType.Name(tensor.elem_type)}; the contract uses float32/float16")
-    shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
     if any(d < 0 for d in shape):
         raise ModelError(f"{path.name}: tensor '{value.name}' has a dynamic shape; quantize a model exported "
                          "for a fixed image size")
     return TensorSpec(value.name, shape, np.dtype(_ONNX_TO_NUMPY[tensor.elem_type]))
 
 
+def _session_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The input and output shapes ONNX Runtime gives the model at `path` (what the pipeline runs on)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # a failure is raised as ModelError below
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own types for models it cannot load
+        raise ModelError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+    return {arg.name: tuple(d if isinstance(d, int) else -1 for d in arg.shape)
+            for arg in list(session.get_inputs()) + list(session.get_outputs())}
+
+
 def model_io(model: onnx.ModelProto, path: str | Path) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
     """(inputs, outputs) of a model as TensorSpecs keyed by name (initializers are not inputs)."""
     path = Path(path)
     initializers = {init.name for init in model.graph.initializer}
-    inputs = {v.name: _value_spec(v, path) for v in model.graph.input if v.name not in initializers}
-    outputs = {v.name: _value_spec(v, path) for v in model.graph.output}
-    return inputs, outputs
+    values = [v for v in model.graph.input if v.name not in initializers] + list(model.graph.output)
+    shapes = {v.name: _declared_shape(v) for v in values}
+    if any(d < 0 for shape in shapes.values() for d in shape):
+        # the legacy exporter can declare symbolic output dims that ONNX Runtime resolves when it loads the
+        # model; the pipeline takes ONNX Runtime's shapes, so take them too
+        shapes.update(_session_shapes(path))
+    specs = {v.name: _value_spec(v, path, shapes[v.name]) for v in values}
+    return ({v.name: specs[v.name] for v in model.graph.input if v.name not in initializers},
+            {v.name: specs[v.name] for v in model.graph.output})
 
 
 def identify_stage(model: onnx.ModelProto, path: str | Path) -> str:
@@ -116,15 +197,20 @@ def identify_stage(model: onnx.ModelProto, path: str | Path) -> str:
     path = Path(path)
     inputs = [v.name for v in model.graph.input if v.name not in {i.name for i in model.graph.initializer}]
     outputs = [v.name for v in model.graph.output]
-    for stage, want_in, want_out in ((FEATURE_STAGE, contract.FEATURE_INPUTS, contract.FEATURE_OUTPUTS),
-                                     (POST_STAGE, contract.POST_INPUTS, contract.POST_OUTPUTS)):
-        if set(inputs) == set(want_in):
-            missing = [name for name in want_out if name not in outputs]
-            if missing:
-                raise ModelError(f"{path} has the inputs of a {stage} but lacks outputs {missing}")
-            return stage
-    raise ModelError(f"{path} is neither a feature_runner (inputs {list(contract.FEATURE_INPUTS)}) nor a "
-                     f"post_runner (inputs {list(contract.POST_INPUTS)}); it has inputs {inputs} and outputs {outputs}")
+    if set(inputs) == set(contract.FEATURE_INPUTS):
+        stage, want_out = FEATURE_STAGE, contract.FEATURE_OUTPUTS
+    elif contract.GWC_VOLUME in inputs and set(inputs) <= set(contract.POST_INPUTS):
+        # a post stage may leave out the feature outputs it does not read (TensorRT and the legacy exporter
+        # drop them), as contract.check_contract allows
+        stage, want_out = POST_STAGE, contract.POST_OUTPUTS
+    else:
+        raise ModelError(f"{path} is neither a feature_runner (inputs {list(contract.FEATURE_INPUTS)}) nor a "
+                         f"post_runner (input {contract.GWC_VOLUME} and any of {list(contract.FEATURE_OUTPUTS)}); "
+                         f"it has inputs {inputs} and outputs {outputs}")
+    missing = [name for name in want_out if name not in outputs]
+    if missing:
+        raise ModelError(f"{path} has the inputs of a {stage} but lacks outputs {missing}")
+    return stage
 
 
 def check_float_model(model: onnx.ModelProto, path: str | Path) -> None:
@@ -141,8 +227,9 @@ def check_float_model(model: onnx.ModelProto, path: str | Path) -> None:
 
 
 def expect_stage(path: str | Path, stage: str) -> tuple[onnx.ModelProto, dict[str, TensorSpec]]:
-    """Load a model, check it is the given stage, and return it with its input specs."""
-    model = load_model(path)
+    """Load a model (without its external weights), check it is the given stage, and return it with its input
+    specs."""
+    model = load_model(path, weights=False)
     found = identify_stage(model, path)
     if found != stage:
         tool = "flashstereo-build-int8" if found == FEATURE_STAGE else "flashstereo-build-int8-post"
@@ -209,7 +296,7 @@ class CalibrationCache:
         """Raise unless this cache was computed for exactly this model file."""
         if self.stage != stage:
             raise ModelError(f"the calibration cache is for a {self.stage}, not a {stage}")
-        digest = file_sha256(model_path)
+        digest = model_sha256(model_path)
         if digest != self.model_sha256:
             raise ModelError(f"the calibration cache was computed for another model (sha256 {self.model_sha256[:12]}, "
                              f"{model_path} is {digest[:12]}); calibrate again with --recalibrate")
@@ -277,6 +364,11 @@ def calibrate(model_path: str | Path, samples: Iterable[Mapping[str, np.ndarray]
     stage = identify_stage(model, model_path)
     inputs, _ = model_io(model, model_path)
     op_types = settings.ops_for(stage)
+    present = {node.op_type for node in model.graph.node}
+    if not present & set(op_types):  # ONNX Runtime would collect nothing and fail only after the last sample
+        raise ModelError(f"{model_path.name} has no {list(op_types)} ops to quantize (its op types are "
+                         f"{','.join(sorted(present))}); choose others with --op-types")
+    digest = model_sha256(model_path)
     options = {"symmetric": True}
     if settings.method == "entropy":
         options.update(num_bins=ENTROPY_BINS, num_quantized_bins=ENTROPY_QUANTIZED_BINS)
@@ -284,12 +376,13 @@ def calibrate(model_path: str | Path, samples: Iterable[Mapping[str, np.ndarray]
         options.update(percentile=settings.percentile)
     count = 0
     with tempfile.TemporaryDirectory(prefix="flashstereo-calib-") as work, _quiet():
-        local = Path(work) / "model.onnx"  # ORT writes a shape-inferred copy beside the model it reads
-        shutil.copyfile(model_path, local)
+        local = _stage_copy(model, work)
+        del model  # the calibrator holds its own copy of the weights
         try:
+            # external data for the model with calibration outputs too: it may pass protobuf's 2 GB
             calibrator = create_calibrator(local, list(op_types), calibrate_method=_method(settings.method),
                                            augmented_model_path=str(Path(work) / "augmented.onnx"),
-                                           extra_options=options)
+                                           use_external_data_format=True, extra_options=options)
         except Exception as exc:  # ONNX Runtime raises its own types for models it cannot load
             raise ModelError(f"ONNX Runtime cannot prepare {model_path.name} for calibration: {exc}") from exc
         for count, sample in enumerate(samples, start=1):
@@ -300,7 +393,11 @@ def calibrate(model_path: str | Path, samples: Iterable[Mapping[str, np.ndarray]
                 raise ModelError(f"ONNX Runtime failed on calibration sample {count}: {exc}") from exc
         if count == 0:
             raise ModelError("no calibration samples: the calibration set is empty")
-        tensors = calibrator.compute_data()
+        try:
+            tensors = calibrator.compute_data()
+        except Exception as exc:  # e.g. ValueError 'Histogram has not been collected' when nothing was selected
+            raise ModelError(f"ONNX Runtime could not compute the ranges of {model_path.name} "
+                             f"({type(exc).__name__}: {exc}); choose other --op-types") from exc
         del calibrator
     if not tensors.data:
         raise ModelError(f"{model_path.name} has no {list(op_types)} ops to quantize; choose other op types")
@@ -312,7 +409,7 @@ def calibrate(model_path: str | Path, samples: Iterable[Mapping[str, np.ndarray]
                              "produces NaN/inf on the calibration data")
         ranges[name] = (low, high)
     log(f"calibrated {len(ranges)} tensors of {model_path.name} on {count} samples ({settings.method})")
-    return CalibrationCache(stage, file_sha256(model_path), settings.method,
+    return CalibrationCache(stage, digest, settings.method,
                             settings.percentile if settings.method == "percentile" else None, count, op_types, ranges)
 
 
@@ -326,7 +423,8 @@ def quantize_qdq(model_path: str | Path, out_path: str | Path, cache: Calibratio
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
     model_path, out_path = Path(model_path), Path(out_path)
-    stage = identify_stage(load_model(model_path), model_path)
+    header = load_model(model_path, weights=False)
+    stage = identify_stage(header, model_path)
     cache.check_fits(model_path, stage)
     op_types = list(cache.op_types)
     tensors = TensorsData(_method(cache.method), {
@@ -340,9 +438,7 @@ def quantize_qdq(model_path: str | Path, out_path: str | Path, cache: Calibratio
         "DedicatedQDQPair": False,
     }
     with tempfile.TemporaryDirectory(prefix="flashstereo-qdq-") as work, _quiet():
-        local = Path(work) / "model.onnx"
-        shutil.copyfile(model_path, local)
-        model = load_model_with_shape_infer(local)
+        model = load_model_with_shape_infer(_stage_copy(load_model(model_path), work))
         quantizer = QDQQuantizer(model, settings.per_channel, False, QuantType.QInt8, QuantType.QInt8, tensors,
                                  [], [], op_types, extra)  # the onnxruntime >= 1.18 signature
         try:
@@ -353,9 +449,7 @@ def quantize_qdq(model_path: str | Path, out_path: str | Path, cache: Calibratio
         quantized = quantizer.model.model
     topological_sort(quantized)  # the quantizer appends its Q/DQ nodes after their consumers
     _strip_quantizer_metadata(quantized)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(quantized, str(out_path))
-    return out_path
+    return save_model(quantized, out_path, external=bool(_external_locations(header)))
 
 
 def _strip_quantizer_metadata(model: onnx.ModelProto) -> None:
@@ -381,12 +475,12 @@ def verify_qdq(path: str | Path, reference: str | Path | None = None) -> QdqSumm
     path = Path(path)
     model = load_model(path)
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(str(path), full_check=True)  # by path: external data and > 2 GB models
     except Exception as exc:  # ValidationError or InferenceError
         raise ModelError(f"{path} fails onnx.checker: {exc}") from exc
     stage = identify_stage(model, path)
     if reference is not None:
-        if model_io(model, path) != model_io(load_model(reference), reference):
+        if model_io(model, path) != model_io(load_model(reference, weights=False), reference):
             raise ModelError(f"{path} does not have the inputs/outputs of {reference}")
     initializers = {init.name: init for init in model.graph.initializer}
     quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
@@ -451,6 +545,7 @@ def to_float16(model_path: str | Path, out_path: str | Path) -> Path:
 
     model_path, out_path = Path(model_path), Path(out_path)
     model = load_model(model_path)
+    external = bool(_external_locations(load_model(model_path, weights=False)))
     has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if has_qdq and opset < FP16_MIN_OPSET:
@@ -463,12 +558,13 @@ def to_float16(model_path: str | Path, out_path: str | Path) -> Path:
         converted = convert_float_to_float16(model, keep_io_types=True)
     topological_sort(converted)
     del converted.graph.value_info[:]  # the converter leaves stale float32 entries; shape inference redoes them
+    save_model(converted, out_path, external)
     try:
-        onnx.checker.check_model(converted, full_check=True)
+        onnx.checker.check_model(str(out_path), full_check=True)  # by path: external data and > 2 GB models
     except Exception as exc:
+        for path in model_files(out_path):
+            path.unlink(missing_ok=True)
         raise ModelError(f"the float16 conversion of {model_path.name} is not a valid model: {exc}") from exc
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(converted, str(out_path))
     return out_path
 
 
@@ -569,7 +665,7 @@ def build_int8_stage(stage: str, model_path: str | Path, engine_out: str | Path,
                              "method (--calib-method, --percentile), or calibrate again with --recalibrate")
         log(f"using calibration cache {cache_path} ({cache.method}, {cache.samples} samples, "
             f"{len(cache.ranges)} tensors): calibration skipped")
-    outputs = (qdq_path, fp16_path, Path(engine_out))
+    outputs = (*model_files(qdq_path), *model_files(fp16_path), Path(engine_out))
     for path in outputs:  # never leave the files of an earlier build beside those of a failed one
         path.unlink(missing_ok=True)
     try:

@@ -13,10 +13,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from flashstereo_ros import calibration, quantize, resources
+from flashstereo_ros import CpuStereoPipeline, calibration, contract, quantize, resources, synthetic
 from flashstereo_ros.errors import BackendUnavailableError, ModelError
 from flashstereo_ros.tools import build_int8, build_int8_post, download_calib_data, gen_post_calib_data, int8_quality
-from test_calib_data import middlebury_server  # noqa: F401  (fixture)
+from test_calib_data import middlebury_server, prune_post_input  # noqa: F401  (fixture)
 
 SIZE = (64, 128)
 FEAT, POST = resources.bundled_models(".onnx", SIZE)
@@ -330,3 +330,138 @@ def test_calibration_samples_must_fit_the_model():
         quantize.calibrate(FEAT, [], log=lambda m: None)
     with pytest.raises(ModelError, match="unknown calibration method 'kl'"):
         quantize.QuantSettings(method="kl")
+
+
+# ------------------------------------------------------------------ models as exporters really write them
+
+def save_with_external_data(source, folder, location):
+    """The model as torch.onnx.export(..., dynamo=True) writes it: graph in .onnx, the weights in `location`.
+    Tensors under 256 bytes stay inline, as torch leaves them: ONNX Runtime reads axes and shape constants
+    while it loads the graph, before external data (with size_threshold=0 it cannot load the stand-in)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / source.name
+    onnx.save_model(onnx.load(str(source)), str(target), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=location, size_threshold=256)
+    return target
+
+
+def disparity_of(feat, post):
+    scene = synthetic.make_scene("planes", *SIZE, seed=5)
+    pipe = CpuStereoPipeline(feat, post, resize=False)
+    try:
+        return pipe.infer(scene.left, scene.right).copy()
+    finally:
+        pipe.close()
+
+
+def test_models_with_external_data_go_through_the_whole_recipe(tmp_path, capsys):
+    models = tmp_path / "models"
+    feat = save_with_external_data(FEAT, models, "feature_runner.onnx.data")
+    post = save_with_external_data(POST, models, "post_weights.bin")  # any name the model's entries give
+    calibration.write_pair_set(calibration.synthetic_pairs(2, SIZE), tmp_path / "pairs", "test")
+    engines = tmp_path / "engines"
+    assert build_int8.main(["--onnx", str(feat), "--engine-out", str(engines / "feature_runner_int8.engine"),
+                            "--calib-dir", str(tmp_path / "pairs")]) == 0
+    assert gen_post_calib_data.main(["--calib-dir", str(tmp_path / "pairs"), "--out-dir", str(tmp_path / "npz"),
+                                     "--feat-engine", str(feat), "--post-engine", str(post)]) == 0
+    assert build_int8_post.main(["--onnx", str(post), "--engine-out", str(engines / "post_runner_int8.engine"),
+                                 "--npz-dir", str(tmp_path / "npz")]) == 0
+    assert int8_quality.main(["--feat-onnx", str(feat), "--post-onnx", str(post),
+                              "--feat-int8", str(engines / "feature_runner_int8.onnx"),
+                              "--post-int8", str(engines / "post_runner_int8.onnx"), "--synthetic", "1"]) == 0
+    capsys.readouterr()
+    for stem in ("feature_runner_int8", "post_runner_int8"):  # the input had external data: so do the outputs
+        for name in (f"{stem}.onnx", f"{stem}_fp16.onnx"):
+            assert (engines / f"{name}.data").is_file()
+    # the pipeline loads them from their own folder: moved elsewhere, with nothing of models/ left
+    moved = tmp_path / "moved"
+    engines.rename(moved)
+    models.rename(tmp_path / "gone")
+    for suffix in ("", "_fp16"):
+        disparity = disparity_of(moved / f"feature_runner_int8{suffix}.onnx", moved / f"post_runner_int8{suffix}.onnx")
+        assert np.isfinite(disparity).all()
+
+
+def test_calibration_cache_covers_the_external_weights(tmp_path, capsys):
+    feat = save_with_external_data(FEAT, tmp_path / "models", "feature_runner.onnx.data")
+    calibration.write_pair_set(calibration.synthetic_pairs(1, SIZE), tmp_path / "pairs", "test")
+    engine = tmp_path / "engines" / "feature_runner_int8.engine"
+    assert build_int8.main(["--onnx", str(feat), "--engine-out", str(engine),
+                            "--calib-dir", str(tmp_path / "pairs")]) == 0
+    weights = tmp_path / "models" / "feature_runner.onnx.data"
+    changed = bytearray(weights.read_bytes())
+    changed[-4:] = np.float32(0.5).tobytes()  # retrained weights: the .onnx itself is byte for byte the same
+    weights.write_bytes(bytes(changed))
+    assert build_int8.main(["--onnx", str(feat), "--engine-out", str(engine),
+                            "--calib-cache", str(engine.with_suffix(".calib.json"))]) == 2
+    assert "computed for another model" in capsys.readouterr().err
+
+
+def test_outputs_too_large_for_one_protobuf_are_written_with_external_data(recipe, tmp_path, monkeypatch):
+    monkeypatch.setattr(quantize, "PROTOBUF_LIMIT", 0)  # stands for a model over protobuf's 2 GB
+    engine = tmp_path / "feature_runner_int8.engine"
+    assert build_int8.main(["--onnx", str(FEAT), "--engine-out", str(engine),
+                            "--calib-cache", str(recipe / "engines" / "feature_runner_int8.calib.json")]) == 0
+    for name in ("feature_runner_int8.onnx", "feature_runner_int8_fp16.onnx"):
+        assert (tmp_path / f"{name}.data").is_file()
+    assert np.isfinite(disparity_of(tmp_path / "feature_runner_int8.onnx", POST)).all()
+
+
+def test_a_post_model_that_does_not_take_every_feature_output(tmp_path, capsys):
+    pruned = prune_post_input(POST, tmp_path / "post_runner.onnx")
+    assert quantize.identify_stage(onnx.load(str(pruned)), pruned) == quantize.POST_STAGE
+    calibration.write_pair_set(calibration.synthetic_pairs(2, SIZE), tmp_path / "pairs", "test")
+    assert gen_post_calib_data.main(["--calib-dir", str(tmp_path / "pairs"), "--out-dir", str(tmp_path / "npz"),
+                                     "--feat-engine", str(FEAT), "--post-engine", str(pruned)]) == 0
+    engine = tmp_path / "engines" / "post_runner_int8.engine"
+    assert build_int8_post.main(["--onnx", str(pruned), "--engine-out", str(engine),
+                                 "--npz-dir", str(tmp_path / "npz")]) == 0
+    qdq = engine.with_suffix(".onnx")
+    inputs, _ = quantize.model_io(onnx.load(str(qdq)), qdq)
+    assert sorted(inputs) == sorted(set(contract.POST_INPUTS) - {"features_left_32"})
+    assert np.isfinite(disparity_of(FEAT, qdq)).all()
+
+
+def test_a_post_stage_takes_the_volume_and_feature_outputs_only():
+    def post_with_inputs(names):
+        values = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in names]
+        disp = onnx.helper.make_tensor_value_info("disp", onnx.TensorProto.FLOAT, [1])
+        node = onnx.helper.make_node("Identity", [names[0]], ["disp"])
+        return onnx.helper.make_model(onnx.helper.make_graph([node], "post", values, [disp]))
+
+    assert quantize.identify_stage(post_with_inputs(["gwc_volume"]), "p.onnx") == quantize.POST_STAGE
+    for names in (["features_left_04", "stem_2x"], ["gwc_volume", "confidence"], ["gwc_volume", "left"]):
+        with pytest.raises(ModelError, match="neither a feature_runner"):
+            quantize.identify_stage(post_with_inputs(names), "p.onnx")
+
+
+def test_a_post_model_without_quantizable_ops_is_refused_in_one_line(recipe, tmp_path, capsys):
+    model = onnx.load(str(POST))
+    for node in model.graph.node:  # the box filters become max filters: no op left that the post stage quantizes
+        if node.op_type == "AveragePool":
+            node.op_type = "MaxPool"
+            kept = [a for a in node.attribute if a.name != "count_include_pad"]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+    path = tmp_path / "post_runner.onnx"
+    onnx.save(model, str(path))
+    assert build_int8_post.main(["--onnx", str(path), "--engine-out", str(tmp_path / "p.engine"),
+                                 "--npz-dir", str(recipe / "npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "has no ['Conv', 'ConvTranspose', 'MatMul', 'Gemm', 'AveragePool'] ops to quantize" in err
+
+
+def test_symbolic_output_dims_that_onnx_runtime_resolves_are_accepted(tmp_path):
+    model = onnx.load(str(FEAT))
+    for output in model.graph.output:  # as the legacy exporter declares them
+        for index, dim in enumerate(output.type.tensor_type.shape.dim):
+            dim.dim_param = f"Slice{output.name}_dim_{index}"
+    feat = tmp_path / "feature_runner.onnx"
+    onnx.save(model, str(feat))
+    assert np.isfinite(disparity_of(feat, POST)).all()  # the pipeline takes it
+    calibration.write_pair_set(calibration.synthetic_pairs(1, SIZE), tmp_path / "pairs", "test")
+    engine = tmp_path / "engines" / "feature_runner_int8.engine"
+    assert build_int8.main(["--onnx", str(feat), "--engine-out", str(engine),
+                            "--calib-dir", str(tmp_path / "pairs")]) == 0
+    assert np.isfinite(disparity_of(engine.with_suffix(".onnx"), POST)).all()

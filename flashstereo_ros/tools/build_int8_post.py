@@ -1,7 +1,7 @@
 """flashstereo-build-int8-post: INT8 post_runner by explicit quantization (step 4 of docs/INT8.md).
 
 Same as flashstereo-build-int8, calibrated on the post_runner inputs that flashstereo-gen-post-calib
-saved (.npz, one per calibration pair: the six feature outputs and gwc_volume).
+saved (.npz, one per calibration pair: gwc_volume and the feature outputs this post_runner takes).
 """
 from __future__ import annotations
 

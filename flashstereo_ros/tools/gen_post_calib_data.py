@@ -1,8 +1,9 @@
 """flashstereo-gen-post-calib: post_runner calibration tensors (step 3 of docs/INT8.md).
 
 Runs the real pipeline (feature stage, per-group norm, GWC volume) on each calibration pair and saves
-what the post engine receives, the six feature outputs and gwc_volume, as <out-dir>/<scene>.npz, read
-later with allow_pickle=False by flashstereo-build-int8-post.
+what the post engine receives, gwc_volume and the feature outputs it takes (a post engine may leave out
+those it does not read), as <out-dir>/<scene>.npz, read later with allow_pickle=False by
+flashstereo-build-int8-post.
 """
 from __future__ import annotations
 
