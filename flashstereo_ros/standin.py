@@ -183,6 +183,9 @@ def build_modules(options: StandInOptions = StandInOptions()):
             upper = cost.gather(1, (best + 1).clamp(max=d * PHASES - 1))
             curvature = (lower - 2.0 * centre + upper).clamp(max=-1e-6)
             offset = (0.5 * (lower - upper) / curvature).clamp(-0.5, 0.5)
+            # at either end of the range one neighbour is the peak itself: no parabola, no offset (it was a
+            # constant -0.5 px at zero disparity)
+            offset = offset * ((best > 0) & (best < d * PHASES - 1)).to(offset.dtype)
             disp_q = best.to(offset.dtype) + offset  # (1,1,h,w), full-resolution pixels
 
             guide_q = F.avg_pool2d(stem_2x[:, :3], 2)

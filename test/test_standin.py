@@ -119,3 +119,14 @@ def test_bundled_onnx_disparity_is_finite_at_hard_edges(size):
     pipe = CpuStereoPipeline(str(feat), str(post), input_h=h, input_w=w)
     for left, right in ((board, np.roll(board, 5, axis=1)), (np.full_like(board, 255), np.zeros_like(board))):
         assert np.isfinite(pipe.infer(left, right)).all()
+
+
+@pytest.mark.parametrize("size", [(480, 640), (64, 128)])
+def test_the_same_image_twice_gives_zero_disparity(size):
+    """At either end of the disparity range the sub-pixel step has one neighbour only: it must not move
+    the peak (it used to put every zero disparity at -0.5 px, and so behind the camera)."""
+    from flashstereo_ros import CpuStereoPipeline
+
+    scene = synthetic.make_scene("mixed", *size, seed=4)
+    pipe = CpuStereoPipeline(*resources.bundled_models(".onnx", size))
+    assert np.array_equal(pipe.infer(scene.left, scene.left), np.zeros(size, np.float32))
