@@ -111,7 +111,7 @@ def decode_png(data: bytes, what: str) -> np.ndarray:
     """RGB uint8 image from PNG bytes; CalibrationDataError naming `what` when they are not a PNG."""
     if not data.startswith(PNG_SIGNATURE):
         raise CalibrationDataError(f"{what} is not a PNG file ({len(data)} bytes, starts with {data[:8]!r})")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise CalibrationDataError(f"{what} is a corrupt PNG (cannot be decoded)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -666,6 +666,12 @@ def build_int8_stage(stage: str, model_path: str | Path, engine_out: str | Path,
         log(f"using calibration cache {cache_path} ({cache.method}, {cache.samples} samples, "
             f"{len(cache.ranges)} tensors): calibration skipped")
     outputs = (*model_files(qdq_path), *model_files(fp16_path), Path(engine_out))
+    sources = {path.resolve() for path in (model_path, *external_data_files(model_path))}
+    clashes = [str(path) for path in (*outputs, *([] if reuse_cache else [Path(cache_path)]))
+               if path.resolve() in sources]
+    if clashes:  # they are deleted or overwritten below: that would destroy the float model
+        raise ModelError(f"the outputs {clashes} would overwrite the model {model_path} or its weights: choose "
+                         "another --engine-out (its stem names the ONNX outputs), --onnx-out or --calib-cache")
     for path in outputs:  # never leave the files of an earlier build beside those of a failed one
         path.unlink(missing_ok=True)
     try:

@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from . import contract
+from .tools import require_writable
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -288,6 +289,18 @@ def export(out_dir: str | Path, options: StandInOptions = StandInOptions(), form
     return written
 
 
+def device_problem(name: str) -> str | None:
+    """Why torch cannot trace on the device `name` here, or None."""
+    torch = _require_torch()
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        return f"--device {name}: {exc}"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {name}: this torch has no CUDA device (a CPU build, or no GPU visible)"
+    return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Write the stand-in two-stage FoundationStereo model "
                                                  "(ONNX + torch.export .pt2 + onnx.yaml).")
@@ -303,9 +316,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     options = StandInOptions(args.height, args.width, args.volume_dtype, args.extra_layers, args.extra_channels)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    problem = options_problem(options, formats)
+    problem = options_problem(options, formats) or device_problem(args.device)
     if problem:
         parser.error(problem)
+    require_writable(parser, "--out", args.out, make_parents=True, is_folder=True)
     for path in export(args.out, options, formats, args.device):
         print(path)
     return 0

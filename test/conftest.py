@@ -41,16 +41,21 @@ def standin_model_dir() -> Path:
     return folder
 
 
-def post_model_without(folder: Path, name: str, value: np.ndarray) -> tuple[Path, Path]:
+def post_model_without(folder: Path, name: str = "features_left_32", value: np.ndarray | None = None
+                       ) -> tuple[Path, Path]:
     """The bundled 64x128 models in `folder`, the post_runner's input `name` turned into a constant holding
-    `value`, as TensorRT or the legacy ONNX exporter drop an input the model does not read."""
+    `value` (zeros by default), as TensorRT or the legacy ONNX exporter drop an input the model does not read."""
     import onnx
 
     src = resources.model_dir(64, 128)
     for item in ("feature_runner.onnx", "onnx.yaml"):
         shutil.copy(src / item, folder / item)
     model = onnx.load(str(src / "post_runner.onnx"))
-    model.graph.input.remove(next(v for v in model.graph.input if v.name == name))
+    declared = next(v for v in model.graph.input if v.name == name)
+    if value is None:
+        value = np.zeros([d.dim_value for d in declared.type.tensor_type.shape.dim],
+                         onnx.helper.tensor_dtype_to_np_dtype(declared.type.tensor_type.elem_type))
+    model.graph.input.remove(declared)
     model.graph.initializer.append(onnx.numpy_helper.from_array(value, name))
     onnx.save(model, str(folder / "post_runner.onnx"))
     return folder / "feature_runner.onnx", folder / "post_runner.onnx"

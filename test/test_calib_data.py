@@ -15,6 +15,8 @@ import pytest
 from flashstereo_ros import calibration, contract, gwc, resources, synthetic
 from flashstereo_ros.tools import download_calib_data, gen_post_calib_data
 
+from conftest import post_model_without
+
 SERVER_SIZE = (90, 140)  # not the engine size: the tool must resize
 ENGINE_SIZE = (64, 128)
 GOOD_SCENES = calibration.MIDDLEBURY_2014_SCENES[:6]
@@ -297,24 +299,8 @@ def test_force_never_deletes_files_the_tool_did_not_write(tmp_path):
     calibration.write_pair_set(pairs, tmp_path / "again", "synthetic", force=True)  # its own files: replaced
 
 
-def prune_post_input(source, target, name="features_left_32"):
-    """A copy of a post_runner that no longer takes `name` (a zero initializer in its place), as TensorRT and
-    the legacy ONNX exporter leave a post stage that declares only what it reads."""
-    import onnx
-
-    model = onnx.load(str(source))
-    value = next(v for v in model.graph.input if v.name == name)
-    shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-    model.graph.input.remove(value)
-    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(shape, dtype), name))
-    onnx.save(model, str(target))
-    return target
-
-
 def test_post_calib_npz_hold_only_the_inputs_a_pruned_post_model_takes(small_pairs, tmp_path):
-    feat, post = resources.bundled_models(".onnx", ENGINE_SIZE)
-    pruned = prune_post_input(post, tmp_path / "post_runner.onnx")
+    feat, pruned = post_model_without(tmp_path)
     assert gen_post_calib_data.main(["--calib-dir", str(small_pairs), "--out-dir", str(tmp_path / "npz"),
                                      "--feat-engine", str(feat), "--post-engine", str(pruned)]) == 0
     paths = sorted((tmp_path / "npz").glob("*.npz"))

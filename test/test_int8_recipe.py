@@ -16,7 +16,8 @@ import pytest
 from flashstereo_ros import CpuStereoPipeline, calibration, contract, quantize, resources, synthetic
 from flashstereo_ros.errors import BackendUnavailableError, ModelError
 from flashstereo_ros.tools import build_int8, build_int8_post, download_calib_data, gen_post_calib_data, int8_quality
-from test_calib_data import middlebury_server, prune_post_input  # noqa: F401  (fixture)
+from conftest import post_model_without
+from test_calib_data import middlebury_server  # noqa: F401  (fixture)
 
 SIZE = (64, 128)
 FEAT, POST = resources.bundled_models(".onnx", SIZE)
@@ -408,7 +409,7 @@ def test_outputs_too_large_for_one_protobuf_are_written_with_external_data(recip
 
 
 def test_a_post_model_that_does_not_take_every_feature_output(tmp_path, capsys):
-    pruned = prune_post_input(POST, tmp_path / "post_runner.onnx")
+    pruned = post_model_without(tmp_path)[1]
     assert quantize.identify_stage(onnx.load(str(pruned)), pruned) == quantize.POST_STAGE
     calibration.write_pair_set(calibration.synthetic_pairs(2, SIZE), tmp_path / "pairs", "test")
     assert gen_post_calib_data.main(["--calib-dir", str(tmp_path / "pairs"), "--out-dir", str(tmp_path / "npz"),
@@ -465,3 +466,18 @@ def test_symbolic_output_dims_that_onnx_runtime_resolves_are_accepted(tmp_path):
     assert build_int8.main(["--onnx", str(feat), "--engine-out", str(engine),
                             "--calib-dir", str(tmp_path / "pairs")]) == 0
     assert np.isfinite(disparity_of(engine.with_suffix(".onnx"), POST)).all()
+
+
+@pytest.mark.parametrize("outputs", [["--engine-out", "{dir}/feature_runner.engine"],
+                                     ["--engine-out", "{dir}/f.engine", "--onnx-out", "{dir}/feature_runner.onnx"],
+                                     ["--engine-out", "{dir}/f.engine", "--calib-cache", "{dir}/feature_runner.onnx",
+                                      "--recalibrate"]])
+def test_outputs_that_would_overwrite_the_float_model_are_refused(tmp_path, capsys, outputs):
+    """An engine beside its ONNX with the same stem names its Q/DQ output after the model itself."""
+    model = tmp_path / "feature_runner.onnx"
+    model.write_bytes(FEAT.read_bytes())
+    calibration.write_pair_set(calibration.synthetic_pairs(2, SIZE), tmp_path / "pairs", "test")
+    argv = ["--onnx", str(model), "--calib-dir", str(tmp_path / "pairs")] + [a.format(dir=tmp_path) for a in outputs]
+    assert build_int8.main(argv) == 2
+    assert "would overwrite the model" in capsys.readouterr().err
+    assert model.read_bytes() == FEAT.read_bytes()

@@ -228,3 +228,35 @@ def test_make_scene_prefix_cannot_leave_the_output_folder(tmp_path, capsys):
     assert scene.main(["--out-dir", str(out), "--prefix", "pair", "--height", "32", "--width", "32"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["pair_camera.yaml", "pair_disp_gt.png", "pair_left.png",
                                                      "pair_right.png"]
+
+
+# ------------------------------------------------------------------------------------- files that exist
+
+def test_an_output_file_that_is_a_folder_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    forbid(monkeypatch, demo, "create_pipeline")
+    (tmp_path / "out.png").mkdir()
+    assert exit_code(demo.main, ["--out", str(tmp_path / "out.png")]) == 2
+    assert f"error: --out {tmp_path / 'out.png'}: there is a folder of that name" in capsys.readouterr().err
+
+
+def test_make_scene_keeps_existing_files_unless_forced(tmp_path, capsys):
+    argv = ["--out-dir", str(tmp_path), "--height", "32", "--width", "32"]
+    assert scene.main(argv) == 0
+    left = (tmp_path / "example_left.png").read_bytes()
+    assert exit_code(scene.main, argv + ["--seed", "1"]) == 2
+    assert "pass --force to overwrite" in capsys.readouterr().err
+    assert (tmp_path / "example_left.png").read_bytes() == left
+    assert scene.main(argv + ["--seed", "1", "--force"]) == 0
+    assert (tmp_path / "example_left.png").read_bytes() != left
+
+
+@pytest.mark.parametrize("argv,message", [(["--device", "bogus"], "--device bogus"),
+                                          (["--out", "{file}"], "there is a file of that name")])
+def test_make_standin_refuses_a_bad_device_or_output_before_tracing(tmp_path, argv, message, monkeypatch, capsys):
+    from flashstereo_ros import standin
+
+    forbid(monkeypatch, standin, "export")
+    (tmp_path / "file").write_text("")
+    argv = ["--out", str(tmp_path / "out")] + [a.format(file=tmp_path / "file") for a in argv]
+    assert exit_code(standin.main, argv) == 2
+    assert message in capsys.readouterr().err

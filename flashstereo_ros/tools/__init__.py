@@ -18,10 +18,14 @@ def at_least(minimum: int):
 
 
 def require_writable(parser: argparse.ArgumentParser, option: str, path: str | Path,
-                     make_parents: bool = False) -> None:
-    """parser.error unless `path` can be written: its folder exists (or, for tools that make missing folders,
-    its nearest existing ancestor does) and takes a test file."""
-    folder = Path(path).absolute().parent
+                     make_parents: bool = False, is_folder: bool = False) -> None:
+    """parser.error unless `path` can be written: a file (or with is_folder, a folder) that is not already
+    something else, whose folder exists (or, for tools that make missing folders, its nearest existing
+    ancestor does) and takes a test file."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != is_folder:
+        parser.error(f"{option} {path}: there is a {'file' if is_folder else 'folder'} of that name")
+    folder = path.absolute().parent
     while make_parents and not folder.exists():
         folder = folder.parent
     if not folder.is_dir():

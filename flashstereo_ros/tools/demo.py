@@ -22,7 +22,8 @@ BAD_PIXEL_THRESHOLD = 3.0
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    # rectified pixels as stored: an EXIF orientation tag would turn one image or both and break the pair
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise FlashStereoError(f"cannot read image {path}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -42,7 +43,8 @@ def main(argv=None) -> int:
     parser.add_argument("--right", help="right image (default: bundled sample)")
     parser.add_argument("--gt", help="ground-truth disparity, 16-bit PNG = disparity*256 (default: the sample's)")
     parser.add_argument("--out", default="disp_color.png", help="colour disparity PNG to write")
-    parser.add_argument("--save-disparity", help="also write the raw float32 disparity (.npy)")
+    parser.add_argument("--save-disparity", help="also write the raw float32 disparity (.npy format, to this "
+                        "exact path)")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--backend", choices=("tensorrt", "onnxruntime", "torch"))
     parser.add_argument("--no-resize", action="store_true", help="fail instead of resizing to the engine size")
@@ -75,7 +77,8 @@ def main(argv=None) -> int:
         print(f"error: cannot write {args.out}", file=sys.stderr)
         return 2
     if args.save_disparity:
-        np.save(args.save_disparity, disparity)
+        with open(args.save_disparity, "wb") as stream:  # np.save given a name would add ".npy" to it
+            np.save(stream, disparity)
     name = type(pipe).__name__
     size = f"{left.shape[1]}x{left.shape[0]} -> engine {pipe.input_size[1]}x{pipe.input_size[0]}"
     print(f"{name} ({', '.join(pipe.engines.backends)}), {size}")
@@ -89,7 +92,7 @@ def main(argv=None) -> int:
             report = error_report(disparity, truth, valid)
             print(f"error vs ground truth: MAE {report['mae_px']:.3f} px, "
                   f">{BAD_PIXEL_THRESHOLD:.0f} px {report['bad3_percent']:.2f}% of {report['pixels']} pixels")
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out}" + (f" and {args.save_disparity}" if args.save_disparity else ""))
     return 0
 
 

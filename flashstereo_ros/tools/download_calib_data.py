@@ -62,7 +62,7 @@ def check_arguments(parser: argparse.ArgumentParser, args) -> None:
         parser.error(f"--scenes {args.scenes!r} names no scene")
     if args.n is None:  # the scenes named are the ones wanted
         args.n = len(scene_names(args)) if args.scenes else DEFAULT_PAIRS
-    require_writable(parser, "--out-dir", args.out_dir, make_parents=True)
+    require_writable(parser, "--out-dir", args.out_dir, make_parents=True, is_folder=True)
 
 
 def collect_pairs(args) -> tuple[list[calibration.StereoPair], str]:

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-pairs", type=at_least(1), help="use at most this many pairs, evenly spread over the set")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
-    require_writable(parser, "--out-dir", args.out_dir, make_parents=True)
+    require_writable(parser, "--out-dir", args.out_dir, make_parents=True, is_folder=True)
     default_feat, default_post = resources.bundled_models(".onnx")
     feat = Path(args.feat_engine) if args.feat_engine else default_feat
     post = Path(args.post_engine) if args.post_engine else default_post

@@ -47,10 +47,13 @@ def camera_yaml(scene: synthetic.StereoScene) -> dict:
     }
 
 
+def scene_paths(out_dir: Path, prefix: str) -> list[Path]:
+    return [out_dir / f"{prefix}_{name}" for name in ("left.png", "right.png", "disp_gt.png", "camera.yaml")]
+
+
 def write_scene(scene: synthetic.StereoScene, out_dir: Path, prefix: str = "example") -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{prefix}_left.png", out_dir / f"{prefix}_right.png",
-             out_dir / f"{prefix}_disp_gt.png", out_dir / f"{prefix}_camera.yaml"]
+    paths = scene_paths(out_dir, prefix)
     write_image(paths[0], cv2.cvtColor(scene.left, cv2.COLOR_RGB2BGR))
     write_image(paths[1], cv2.cvtColor(scene.right, cv2.COLOR_RGB2BGR))
     write_disparity_png(paths[2], scene.disparity, scene.valid)
@@ -65,12 +68,17 @@ def main(argv=None) -> int:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--seed", type=at_least(0), default=0)
-    parser.add_argument("--out-dir", default="assets")
+    parser.add_argument("--out-dir", default="scene")
     parser.add_argument("--prefix", default="example", help="file name prefix (no folders: files stay in --out-dir)")
+    parser.add_argument("--force", action="store_true", help="overwrite the files of an earlier scene")
     args = parser.parse_args(argv)
     if os.sep in args.prefix or (os.altsep and os.altsep in args.prefix):
         parser.error(f"--prefix {args.prefix!r} must be a plain file name prefix, without path separators")
-    require_writable(parser, "--out-dir", args.out_dir, make_parents=True)
+    require_writable(parser, "--out-dir", args.out_dir, make_parents=True, is_folder=True)
+    existing = [str(path) for path in scene_paths(Path(args.out_dir), args.prefix) if path.exists()]
+    if existing and not args.force:
+        parser.error(f"{', '.join(existing)} exist: pass --force to overwrite them, or choose another --out-dir "
+                     "or --prefix")
     try:
         scene = synthetic.make_scene(args.kind, args.height, args.width, args.seed)
     except ValueError as exc:  # the size is checked first, before any rendering
