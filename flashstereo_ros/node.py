@@ -12,6 +12,7 @@ flashstereo_ros stereo.launch.py`); several in one process: `flashstereo-node --
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import dataclasses
 import os
@@ -27,6 +28,11 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+try:
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # Humble
+    from rclpy.qos_event import SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile
@@ -204,6 +210,9 @@ class FlashStereoNode(Node):
         self._worker = threading.Thread(target=self._work, name=f"flashstereo:{self.get_fully_qualified_name()}",
                                         daemon=True)
         self._worker.start()
+        # a process that ends (Ctrl-C) without destroying its nodes must not exit while a frame runs in the
+        # engines: the interpreter would tear their threads down under it (abort)
+        atexit.register(self._stop_worker)
         engine_h, engine_w = pipe.input_size
         self.get_logger().info(
             f"{self._pipeline_name}, engine {engine_w}x{engine_h}, max_disp {pipe.geometry.max_disp} "
@@ -225,8 +234,12 @@ class FlashStereoNode(Node):
         if old is not None:
             self.destroy_subscription(old)
         qos = ros_qos.input_qos(reliability, self._param("queue_size"), durability)
+        # no QoS event handlers: a MultiThreadedExecutor may be adding one to its wait set while this (a timer
+        # callback in another thread) destroys it, and rclpy then raises in the spin thread; the node's own
+        # diagnostics say what the default incompatible-QoS warning would
         self._subscriptions_by_input[index] = self.create_subscription(
-            INPUT_TYPES[index], INPUT_TOPICS[index], lambda msg, i=index: self._on_input(i, msg), qos)
+            INPUT_TYPES[index], INPUT_TOPICS[index], lambda msg, i=index: self._on_input(i, msg), qos,
+            event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
         state = self._inputs[index]
         state.reliability, state.durability, state.subscribed_at = reliability, durability, time.monotonic()
 
@@ -600,12 +613,18 @@ class FlashStereoNode(Node):
         self._pub_diagnostics.publish(array)
 
     # ---- teardown ----------------------------------------------------------------------------------
-    def destroy_node(self) -> None:
-        stop = getattr(self, "_stop", None)
-        if stop is not None and not stop.is_set():
-            stop.set()
-            self._slot.close()
+    def _stop_worker(self) -> None:
+        """Stop the worker after its current frame (idempotent; also at exit)."""
+        self._stop.set()
+        self._slot.close()
+        if self._worker is not threading.current_thread():
             self._worker.join(timeout=30.0)
+
+    def destroy_node(self) -> None:
+        if hasattr(self, "_stop") and not getattr(self, "_released", False):
+            self._released = True
+            self._stop_worker()
+            atexit.unregister(self._stop_worker)
             shared_pipelines.release(self._shared)
         super().destroy_node()
 

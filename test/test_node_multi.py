@@ -1,6 +1,7 @@
 """Several stereo nodes in one process (one per camera pair), one executor, one shared engine pair; run-time
 parameters; outputs computed only for subscribers; the per-frame timing topic."""
 import math
+import subprocess
 import sys
 
 import numpy as np
@@ -163,3 +164,42 @@ def test_console_entry_runs_one_node_per_namespace(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+def test_a_process_that_exits_mid_frame_lets_the_frame_finish(tmp_path):
+    """Ctrl-C in an application that never destroys its nodes: the interpreter must not tear the engines down
+    under a running frame (that aborted the process); the node's exit hook waits for the frame."""
+    script = tmp_path / "app.py"
+    script.write_text(f"""
+import sys, threading, time
+import numpy as np
+import rclpy
+from flashstereo_ros.node import FlashStereoNode
+
+rclpy.init(domain_id={DOMAIN + 2})
+node = FlashStereoNode(namespace="exit", parameter_overrides={SMALL_MODEL!r})
+started = threading.Event()
+
+def slow_frame(*args):
+    started.set()
+    time.sleep(1.0)
+    open({str(tmp_path / "finished")!r}, "w").close()
+
+node._process = slow_frame
+node._slot.put((None, None, None, None))
+started.wait(30)
+sys.exit(0)  # no destroy_node, no shutdown
+""")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                            env=ros_env(DOMAIN + 2))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "finished").exists()
+
+
+def test_input_subscriptions_have_no_qos_event_handlers(graph):
+    """The node re-subscribes from a timer when publishers change QoS; under a MultiThreadedExecutor an event
+    handler destroyed while the spin thread adds it to the wait set raised InvalidHandle there and stopped
+    every node of the process (rclpy 9)."""
+    for node in graph.nodes.values():
+        subscriptions = [sub for sub in node._subscriptions_by_input if sub is not None]
+        assert len(subscriptions) == 4 and all(not sub.event_handlers for sub in subscriptions)
